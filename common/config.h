@@ -1,0 +1,49 @@
+/*
+ * config.h: banger's configuration: defaults, then the config file, then the
+ * environment (BANGER_STATE_DIR, BANGER_RUNTIME_DIR), then command-line flags
+ * (applied by the caller).  Parsed into a fresh struct and validated whole
+ * before anyone uses it.
+ */
+#ifndef BANGER_CONFIG_H
+#define BANGER_CONFIG_H
+
+#include <stdint.h>
+
+struct kind_limit {
+	char *kind;
+	int limit;
+};
+
+struct bg_config {
+	char *path;          /* the file read, or NULL when none existed */
+	char *state_dir;     /* queue database, job directories */
+	char *runtime_dir;   /* sockets, pid files */
+	char *db;            /* "sqlite" (default: STATE_DIR/queue.db) or a postgresql:// URL */
+	int workers;         /* pool threads for blocking step bodies; default 4 */
+	int max_running;     /* jobs running at once on this node; default 64 */
+	int64_t lease_ttl_us;     /* default 30 s; heartbeat every third of it */
+	int max_crashes;          /* consecutive crash-interrupted attempts before dead; 3 */
+	int64_t drain_timeout_us; /* SIGTERM: wait this long for steps; 30 s */
+	int64_t retry_base_us;    /* backoff base; 1 s */
+	int64_t retry_max_us;     /* backoff cap; 5 min */
+	struct kind_limit *kind_limits;
+	int nkind_limits;
+	char *log_level;     /* "debug" | "info" | "warn" | "error"; "info" */
+};
+
+/*
+ * Load: file is the explicit path (--config), or NULL to use $BANGER_CONFIG,
+ * else /etc/banger/banger.yaml when it exists (running as root), else
+ * $XDG_CONFIG_HOME/banger/banger.yaml (~/.config/...) when it exists.
+ * Defaults when no file: state_dir /var/lib/banger (root) or
+ * $XDG_STATE_HOME/banger (~/.local/state/banger); runtime_dir /run/banger
+ * (root) or $XDG_RUNTIME_DIR/banger or /tmp/banger-UID.
+ * Errors (BG_ERR_INVAL) set *errmsg as "file:line:col: message".
+ */
+int config_load(const char *file, struct bg_config *out, char **errmsg);
+void config_release(struct bg_config *c);
+
+/* Limit for a kind (0 = no per-kind limit). */
+int config_kind_limit(const struct bg_config *c, const char *kind);
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * test_list.h: every unit test, once (libuv's test/test-list.h).  Add one
+ * X(name) line per TEST(name); keep each file's tests together.
+ */
+#ifndef BANGER_TEST_LIST_H
+#define BANGER_TEST_LIST_H
+
+#define TEST_LIST(X)                  \
+	/* tests/unit/test_spec.c */  \
+	X(spec_minimal)               \
+	X(spec_name)                  \
+	X(spec_common_keys)           \
+	X(spec_params_normalized)     \
+	X(spec_size_units)            \
+	X(spec_unknown_key)           \
+	X(spec_duplicate_key)         \
+	X(spec_wrong_types)           \
+	X(spec_range_errors)          \
+	X(spec_unknown_kind)          \
+	X(spec_missing_kind_and_field) \
+	X(spec_unknown_need)          \
+	X(spec_cycle)                 \
+	X(spec_self_need)             \
+	X(spec_duplicate_names)       \
+	X(spec_bad_job_names)         \
+	X(spec_empty)                 \
+	X(spec_bad_yaml)              \
+	X(spec_top_level)             \
+	X(spec_alias_bomb)            \
+	X(spec_alias_ok)              \
+	X(spec_too_many_jobs)         \
+	X(spec_error_cap)             \
+	X(spec_topo_order)            \
+	X(spec_msgpack_ok)            \
+	X(spec_msgpack_errors)        \
+	X(spec_msgpack_100k)          \
+	/* tests/unit/test_config.c */ \
+	X(config_defaults)            \
+	X(config_file_values)         \
+	X(config_discovery)           \
+	X(config_env_override)        \
+	X(config_unknown_key)         \
+	X(config_bad_values)          \
+	X(config_missing_file)
+
+#endif

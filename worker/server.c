@@ -1,0 +1,1209 @@
+/*
+ * server.c: the RPC server (see server.h and common/protocol.h).
+ *
+ * One connection reads one request at a time: while a request is in progress
+ * (a submit waiting for its commit to be durable, a tail streaming events),
+ * reading stops, so a client can neither grow our buffers past one frame nor
+ * reorder its replies.  A frame header announcing more than BG_RPC_MAX_FRAME,
+ * or a body that is not one msgpack map, gets an error frame and the
+ * connection is closed; nothing else happens.
+ *
+ * Memory: a conn is freed in its close callback, and only when no commit
+ * callback still refers to it (refs).
+ */
+#include <errno.h>
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "commit.h"
+#include "engine.h"
+#include "err.h"
+#include "failpoint.h"
+#include "log.h"
+#include "mpk.h"
+#include "protocol.h"
+#include "queue.h"
+#include "rpc.h"
+#include "server.h"
+#include "spec.h"
+#include "util.h"
+
+#define TAIL_HIGH_WATER (1u << 20)
+
+struct sub;
+
+struct conn {
+	uv_pipe_t pipe;
+	struct conn *prev, *next;
+	char *buf;
+	size_t len, cap;
+	bool busy, closing, reading;
+	int refs;
+	unsigned uid;
+	uint32_t req_id;
+	char op[64];
+	struct sub *sub;
+};
+
+struct sub {
+	struct conn *c;
+	uint32_t id;
+	int64_t submission; /* 0 for a single job */
+	int64_t *jobs;
+	int64_t *next_seq;
+	size_t njobs;
+	bool follow;
+	struct sub *prev, *next;
+};
+
+static struct {
+	uv_loop_t *loop;
+	struct queue *q;
+	struct server_opts o;
+	uv_pipe_t listener;
+	struct conn *conns;
+	struct sub *subs;
+	bool stopping;
+} S;
+
+static void conn_close(struct conn *c);
+static void conn_next(struct conn *c);
+static void sub_pump(struct sub *s);
+static void conn_resume_read(struct conn *c);
+
+/* ---- sending ------------------------------------------------------------- */
+
+struct wreq {
+	uv_write_t req;
+	struct conn *c;
+	char *data;
+};
+
+static void on_write(uv_write_t *req, int status)
+{
+	struct wreq *w = (struct wreq *)req;
+	struct conn *c = w->c;
+	free(w->data);
+	free(w);
+	c->refs--;
+	if (status < 0 && !c->closing) {
+		conn_close(c);
+		return;
+	}
+	if (c->closing) {
+		if (c->refs == 0 && !uv_is_closing((uv_handle_t *)&c->pipe))
+			conn_close(c);
+		return;
+	}
+	if (c->sub && c->pipe.write_queue_size < TAIL_HIGH_WATER / 2)
+		sub_pump(c->sub);
+}
+
+/* Send one frame: takes the packed body (copied). */
+static void conn_send(struct conn *c, const char *body, size_t len)
+{
+	if (c->closing)
+		return;
+	if (len > BG_RPC_MAX_FRAME) {
+		log_error(c->op, 0, "reply of %zu bytes exceeds the frame limit", len);
+		conn_close(c);
+		return;
+	}
+	struct wreq *w = xmalloc(sizeof(*w));
+	w->c = c;
+	w->data = xmalloc(len + 4);
+	rpc_frame_hdr((unsigned char *)w->data, (uint32_t)len);
+	memcpy(w->data + 4, body, len);
+	uv_buf_t b = uv_buf_init(w->data, (unsigned)(len + 4));
+	c->refs++;
+	if (uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write) != 0) {
+		c->refs--;
+		free(w->data);
+		free(w);
+		conn_close(c);
+	}
+}
+
+struct reply {
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+};
+
+/* Start a reply {id, ok: true, result: ...}: the caller packs the result. */
+static void reply_begin(struct reply *r, uint32_t id)
+{
+	msgpack_sbuffer_init(&r->sb);
+	msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&r->pk, 3);
+	mpk_kv_int(&r->pk, "id", id);
+	mpk_kv_bool(&r->pk, "ok", true);
+	mpk_pack_str(&r->pk, "result");
+}
+
+static void reply_end(struct conn *c, struct reply *r)
+{
+	conn_send(c, r->sb.data, r->sb.size);
+	msgpack_sbuffer_destroy(&r->sb);
+	c->busy = false;
+	conn_next(c);
+}
+
+static void send_error(struct conn *c, uint32_t id, int code, const char *msg)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 3);
+	mpk_kv_int(&pk, "id", id);
+	mpk_kv_bool(&pk, "ok", false);
+	mpk_pack_str(&pk, "error");
+	msgpack_pack_map(&pk, 2);
+	mpk_kv_str(&pk, "code", bg_errname(code));
+	mpk_kv_str(&pk, "message", msg);
+	conn_send(c, sb.data, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+static void reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
+{
+	struct sb m;
+	va_list ap;
+	sb_init(&m);
+	va_start(ap, fmt);
+	sb_vaddf(&m, fmt, ap);
+	va_end(ap);
+	log_debug(c->op, 0, "error reply: %s", m.buf);
+	send_error(c, id, code, m.buf ? m.buf : bg_strerror(code));
+	sb_release(&m);
+	c->busy = false;
+	conn_next(c);
+}
+
+/* ---- shapes -------------------------------------------------------------- */
+
+static void pack_raw_or_nil(msgpack_packer *pk, const char *k, const char *raw, size_t len)
+{
+	mpk_kv_raw(pk, k, raw, len);
+}
+
+static void pack_job(msgpack_packer *pk, const struct q_job *j, bool full, const int64_t *needs,
+		     size_t nneeds)
+{
+	int n = 9 + j->has_exit;
+	if (full)
+		n += 12 + (j->key != NULL);
+	msgpack_pack_map(pk, (size_t)n);
+	mpk_kv_int(pk, "id", j->id);
+	mpk_kv_int(pk, "submission", j->submission);
+	mpk_kv_str(pk, "name", j->name);
+	mpk_kv_str(pk, "kind", j->kind);
+	mpk_kv_str(pk, "state", j->state);
+	mpk_kv_int(pk, "priority", j->priority);
+	mpk_kv_int(pk, "attempts", j->attempt);
+	mpk_kv_int(pk, "max_attempts", j->max_attempts);
+	mpk_kv_int(pk, "created", j->created);
+	if (j->has_exit)
+		mpk_kv_int(pk, "exit_code", j->exit_code);
+	if (!full)
+		return;
+	mpk_kv_int(pk, "epoch", j->epoch);
+	mpk_kv_int(pk, "run_after", j->run_after);
+	mpk_kv_int(pk, "timeout", j->timeout_us);
+	if (j->started)
+		mpk_kv_int(pk, "started", j->started);
+	else
+		mpk_kv_nil(pk, "started");
+	if (j->finished)
+		mpk_kv_int(pk, "finished", j->finished);
+	else
+		mpk_kv_nil(pk, "finished");
+	mpk_kv_str(pk, "error", j->error);
+	pack_raw_or_nil(pk, "result", j->result, j->result_len);
+	mpk_pack_str(pk, "needs");
+	msgpack_pack_array(pk, nneeds);
+	for (size_t i = 0; i < nneeds; i++)
+		msgpack_pack_int64(pk, needs[i]);
+	mpk_kv_str(pk, "when", j->when_always ? "always" : "on_success");
+	mpk_kv_str(pk, "lease_owner", j->lease_owner);
+	if (j->lease_expires)
+		mpk_kv_int(pk, "lease_expires", j->lease_expires);
+	else
+		mpk_kv_nil(pk, "lease_expires");
+	if (j->params && j->params_len)
+		mpk_kv_raw(pk, "params", j->params, j->params_len);
+	else {
+		mpk_pack_str(pk, "params");
+		msgpack_pack_map(pk, 0);
+	}
+	if (j->key)
+		mpk_kv_str(pk, "key", j->key);
+}
+
+/* ---- methods ------------------------------------------------------------- */
+
+typedef void (*method_fn)(struct conn *c, uint32_t id, const msgpack_object *params);
+
+static void m_ping(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	struct reply r;
+	reply_begin(&r, id);
+	msgpack_pack_map(&r.pk, 5);
+	mpk_kv_int(&r.pk, "version", BG_PROTOCOL_VERSION);
+	mpk_kv_str(&r.pk, "node", S.o.node);
+	mpk_kv_int(&r.pk, "pid", getpid());
+	mpk_kv_str(&r.pk, "state_dir", S.o.state_dir);
+	mpk_kv_str(&r.pk, "db", S.o.db_desc);
+	reply_end(c, &r);
+}
+
+struct submit_op {
+	struct conn *c;
+	uint32_t id;
+	int64_t submission;
+	bool existing;
+	size_t njobs;
+	int64_t *ids;
+	char **names, **kinds;
+};
+
+static void submit_op_free(struct submit_op *so)
+{
+	for (size_t i = 0; i < so->njobs; i++) {
+		free(so->names[i]);
+		free(so->kinds[i]);
+	}
+	free(so->names);
+	free(so->kinds);
+	free(so->ids);
+	free(so);
+}
+
+static int pack_summary_cb(const struct q_job *j, void *arg)
+{
+	pack_job(arg, j, false, NULL, 0);
+	return 0;
+}
+
+struct counter {
+	size_t n;
+};
+
+static int count_cb(const struct q_job *j, void *arg)
+{
+	((struct counter *)arg)->n++;
+	return 0;
+}
+
+static void submit_durable(void *arg, int rc)
+{
+	struct submit_op *so = arg;
+	struct conn *c = so->c;
+	c->refs--;
+	if (c->closing) {
+		if (c->refs == 0)
+			conn_close(c);
+		submit_op_free(so);
+		return;
+	}
+	if (rc) {
+		reply_error(c, so->id, rc, "submission not stored: %s (%s)", bg_strerror(rc),
+			    S.q->errmsg);
+		submit_op_free(so);
+		return;
+	}
+	struct reply r;
+	reply_begin(&r, so->id);
+	msgpack_pack_map(&r.pk, 3);
+	mpk_kv_int(&r.pk, "submission", so->submission);
+	mpk_kv_bool(&r.pk, "existing", so->existing);
+	mpk_pack_str(&r.pk, "jobs");
+	if (so->existing) {
+		struct q_list_filter f = {.submission = so->submission, .limit = 1000000};
+		struct counter cnt = {0};
+		S.q->ops->job_list(S.q, &f, count_cb, &cnt);
+		msgpack_pack_array(&r.pk, cnt.n);
+		S.q->ops->job_list(S.q, &f, pack_summary_cb, &r.pk);
+	} else {
+		msgpack_pack_array(&r.pk, so->njobs);
+		for (size_t i = 0; i < so->njobs; i++) {
+			msgpack_pack_map(&r.pk, 4);
+			mpk_kv_int(&r.pk, "id", so->ids[i]);
+			mpk_kv_str(&r.pk, "name", so->names[i]);
+			mpk_kv_str(&r.pk, "kind", so->kinds[i]);
+			mpk_kv_str(&r.pk, "state", JS_QUEUED);
+		}
+	}
+	reply_end(c, &r);
+	submit_op_free(so);
+}
+
+/* Name -> index of the jobs in a spec, for `needs:` (open addressing). */
+struct name_index {
+	size_t cap;
+	int64_t *slot; /* index + 1, 0 empty */
+};
+
+static uint64_t hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static void index_build(struct name_index *ix, const struct spec *sp)
+{
+	ix->cap = 16;
+	while (ix->cap < sp->njobs * 2)
+		ix->cap *= 2;
+	ix->slot = xcalloc(ix->cap, sizeof(*ix->slot));
+	for (size_t i = 0; i < sp->njobs; i++) {
+		size_t h = hash_str(sp->jobs[i].name) & (ix->cap - 1);
+		while (ix->slot[h])
+			h = (h + 1) & (ix->cap - 1);
+		ix->slot[h] = (int64_t)i + 1;
+	}
+}
+
+static int64_t index_find(const struct name_index *ix, const struct spec *sp, const char *name)
+{
+	size_t h = hash_str(name) & (ix->cap - 1);
+	while (ix->slot[h]) {
+		size_t i = (size_t)(ix->slot[h] - 1);
+		if (strcmp(sp->jobs[i].name, name) == 0)
+			return (int64_t)i;
+		h = (h + 1) & (ix->cap - 1);
+	}
+	return -1;
+}
+
+static void m_submit(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	struct spec sp;
+	char *err = NULL;
+	int rc;
+	char *path = mpk_dup_str(params, "path");
+	char *key = mpk_dup_str(params, "key");
+	const char *text = NULL;
+	size_t text_len = 0;
+	const msgpack_object *jobs = mpk_get(params, "jobs");
+
+	if (mpk_get_str(params, "spec", &text, &text_len) == 0) {
+		rc = spec_parse(text, text_len, path ? path : "spec.yaml", &sp, &err);
+	} else if (jobs) {
+		rc = spec_from_msgpack(jobs, path, &sp, &err);
+	} else {
+		reply_error(c, id, BG_ERR_INVAL, "job.submit needs 'spec' (YAML text) or 'jobs'");
+		free(path);
+		free(key);
+		return;
+	}
+	if (rc) {
+		reply_error(c, id, BG_ERR_SPEC, "%s", err ? err : "invalid spec");
+		free(err);
+		free(path);
+		free(key);
+		return;
+	}
+	free(err);
+
+	int64_t now = now_us();
+	struct q_newjob *nj = xcalloc(sp.njobs, sizeof(*nj));
+	size_t *needs = NULL, nneeds_total = 0;
+	for (size_t i = 0; i < sp.njobs; i++)
+		nneeds_total += sp.jobs[i].nneeds;
+	needs = xcalloc(nneeds_total + 1, sizeof(*needs));
+	struct name_index ix;
+	index_build(&ix, &sp);
+	size_t np = 0;
+	for (size_t i = 0; i < sp.njobs; i++) {
+		const struct spec_job *j = &sp.jobs[i];
+		nj[i] = (struct q_newjob){
+			.name = j->name, .kind = j->kind, .params = j->params,
+			.params_len = j->params_len, .priority = j->priority,
+			.max_attempts = j->max_attempts, .timeout_us = j->timeout_us,
+			.run_after = now + j->delay_us, .retry = j->retry,
+			.when_always = j->when_always, .needs = &needs[np], .nneeds = j->nneeds,
+		};
+		for (size_t k = 0; k < j->nneeds; k++)
+			needs[np++] = (size_t)index_find(&ix, &sp, j->needs[k]);
+	}
+	free(ix.slot);
+
+	struct submit_op *so = xcalloc(1, sizeof(*so));
+	so->c = c;
+	so->id = id;
+	so->njobs = sp.njobs;
+	so->ids = xcalloc(sp.njobs + 1, sizeof(*so->ids));
+	struct q_submit qs = {
+		.name = sp.name, .path = path, .key = key, .op = c->op,
+		.spec = text, .spec_len = text_len, .jobs = nj, .njobs = sp.njobs, .now = now,
+	};
+	rc = S.q->ops->submit(S.q, &qs, &so->submission, so->ids, &so->existing);
+	if (rc) {
+		reply_error(c, id, rc, "cannot queue the submission: %s (%s)", bg_strerror(rc),
+			    S.q->errmsg);
+		so->njobs = 0;
+		submit_op_free(so);
+		goto out;
+	}
+	if (!so->existing) {
+		so->names = xcalloc(sp.njobs, sizeof(char *));
+		so->kinds = xcalloc(sp.njobs, sizeof(char *));
+		for (size_t i = 0; i < sp.njobs; i++) {
+			so->names[i] = xstrdup(sp.jobs[i].name);
+			so->kinds[i] = xstrdup(sp.jobs[i].kind);
+			engine_state_event(so->ids[i], JS_QUEUED, NULL, false, 0);
+		}
+		log_info(c->op, 0, "submission %lld '%s': %zu job(s) queued",
+			 (long long)so->submission, sp.name, sp.njobs);
+		engine_kick();
+	} else {
+		so->njobs = 0;
+	}
+	c->refs++;
+	commit_after(submit_durable, so);
+out:
+	free(nj);
+	free(needs);
+	spec_release(&sp);
+	free(path);
+	free(key);
+}
+
+static int get_job_id(struct conn *c, uint32_t id, const msgpack_object *params, int64_t *job)
+{
+	int rc = mpk_get_int(params, "job", job);
+	if (rc) {
+		reply_error(c, id, BG_ERR_INVAL, "%s", rc == BG_ERR_NOENT ? "missing 'job' (an id)"
+									   : "'job' must be an integer id");
+		return rc;
+	}
+	return 0;
+}
+
+struct pack_list {
+	msgpack_packer *pk;
+};
+
+static void m_list(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	struct q_list_filter f = {0};
+	int64_t v;
+	char *state = mpk_dup_str(params, "state");
+	if (state && !job_state_final(state) && strcmp(state, JS_QUEUED) != 0 &&
+	    strcmp(state, JS_RUNNING) != 0 && strcmp(state, JS_ROLLING_BACK) != 0) {
+		reply_error(c, id, BG_ERR_INVAL,
+			    "unknown state '%s' (queued, running, rolling_back, succeeded, failed, "
+			    "dead, cancelled, rolled_back, skipped)", state);
+		free(state);
+		return;
+	}
+	f.state = state;
+	if (mpk_get_int(params, "submission", &v) == 0)
+		f.submission = v;
+	if (mpk_get_int(params, "after", &v) == 0)
+		f.after = v;
+	f.limit = 100;
+	if (mpk_get_int(params, "limit", &v) == 0)
+		f.limit = v < 1 ? 1 : v > 100000 ? 100000 : (int)v;
+	struct counter cnt = {0};
+	int rc = S.q->ops->job_list(S.q, &f, count_cb, &cnt);
+	if (rc) {
+		reply_error(c, id, rc, "cannot list jobs: %s", S.q->errmsg);
+		free(state);
+		return;
+	}
+	struct reply r;
+	reply_begin(&r, id);
+	msgpack_pack_map(&r.pk, 1);
+	mpk_pack_str(&r.pk, "jobs");
+	msgpack_pack_array(&r.pk, cnt.n);
+	S.q->ops->job_list(S.q, &f, pack_summary_cb, &r.pk);
+	reply_end(c, &r);
+	free(state);
+}
+
+static void m_show(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	int64_t job;
+	struct q_job j;
+	if (get_job_id(c, id, params, &job))
+		return;
+	if (S.q->ops->job_get(S.q, job, &j) != 0) {
+		reply_error(c, id, BG_ERR_NOENT, "no job %lld", (long long)job);
+		return;
+	}
+	int64_t *needs;
+	size_t nn;
+	S.q->ops->job_needs(S.q, job, &needs, &nn);
+	struct reply r;
+	reply_begin(&r, id);
+	pack_job(&r.pk, &j, true, needs, nn);
+	reply_end(c, &r);
+	free(needs);
+	q_job_release(&j);
+}
+
+struct state_op {
+	struct conn *c;
+	uint32_t id;
+	char state[24];
+};
+
+static void state_durable(void *arg, int rc)
+{
+	struct state_op *so = arg;
+	struct conn *c = so->c;
+	c->refs--;
+	if (c->closing) {
+		if (c->refs == 0)
+			conn_close(c);
+	} else if (rc) {
+		reply_error(c, so->id, rc, "not stored: %s", bg_strerror(rc));
+	} else {
+		struct reply r;
+		reply_begin(&r, so->id);
+		msgpack_pack_map(&r.pk, 1);
+		mpk_kv_str(&r.pk, "state", so->state);
+		reply_end(c, &r);
+	}
+	free(so);
+}
+
+static void reply_state_when_durable(struct conn *c, uint32_t id, const char *state)
+{
+	struct state_op *so = xcalloc(1, sizeof(*so));
+	so->c = c;
+	so->id = id;
+	snprintf(so->state, sizeof(so->state), "%s", state);
+	c->refs++;
+	commit_after(state_durable, so);
+}
+
+static void skipped_event(int64_t job, void *arg)
+{
+	engine_state_event(job, JS_SKIPPED, "a job it needs did not succeed", false, 0);
+}
+
+static void m_cancel(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	int64_t job;
+	struct q_job j;
+	if (get_job_id(c, id, params, &job))
+		return;
+	if (S.q->ops->job_get(S.q, job, &j) != 0) {
+		reply_error(c, id, BG_ERR_NOENT, "no job %lld", (long long)job);
+		return;
+	}
+	if (job_state_final(j.state)) {
+		reply_error(c, id, BG_ERR_STATE, "job %lld is already %s", (long long)job, j.state);
+	} else if (strcmp(j.state, JS_QUEUED) == 0) {
+		int rc = S.q->ops->cancel_queued(S.q, job, now_us(), skipped_event, NULL);
+		if (rc) {
+			reply_error(c, id, rc, "cannot cancel job %lld: %s", (long long)job,
+				    S.q->errmsg);
+		} else {
+			engine_state_event(job, JS_CANCELLED, "cancelled while queued", false, 0);
+			log_info(c->op, job, "cancelled while queued");
+			engine_kick();
+			reply_state_when_durable(c, id, JS_CANCELLED);
+		}
+	} else if (engine_cancel(job)) {
+		reply_state_when_durable(c, id, JS_ROLLING_BACK);
+	} else {
+		/* running on another node: it sees the request at its heartbeat */
+		int rc = S.q->ops->request_cancel(S.q, job);
+		if (rc)
+			reply_error(c, id, rc, "cannot cancel job %lld: %s", (long long)job,
+				    bg_strerror(rc));
+		else
+			reply_state_when_durable(c, id, j.state);
+	}
+	q_job_release(&j);
+}
+
+static void m_retry(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	int64_t job;
+	struct q_job j;
+	if (get_job_id(c, id, params, &job))
+		return;
+	if (S.q->ops->job_get(S.q, job, &j) != 0) {
+		reply_error(c, id, BG_ERR_NOENT, "no job %lld", (long long)job);
+		return;
+	}
+	int rc = S.q->ops->retry(S.q, job, now_us());
+	if (rc == BG_ERR_STATE) {
+		reply_error(c, id, rc, "job %lld is %s: only a job that ended without succeeding "
+			    "can be retried", (long long)job, j.state);
+	} else if (rc) {
+		reply_error(c, id, rc, "cannot retry job %lld: %s", (long long)job, S.q->errmsg);
+	} else {
+		engine_state_event(job, JS_QUEUED, "retry requested", false, 0);
+		log_info(c->op, job, "retry requested");
+		engine_kick();
+		reply_state_when_durable(c, id, JS_QUEUED);
+	}
+	q_job_release(&j);
+}
+
+static void m_oplog(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	int64_t job;
+	struct q_job j;
+	if (get_job_id(c, id, params, &job))
+		return;
+	if (S.q->ops->job_get(S.q, job, &j) != 0) {
+		reply_error(c, id, BG_ERR_NOENT, "no job %lld", (long long)job);
+		return;
+	}
+	struct q_attempt *att;
+	size_t na;
+	struct q_step *steps;
+	size_t ns;
+	S.q->ops->attempts(S.q, job, &att, &na);
+	S.q->ops->steps(S.q, job, 0, &steps, &ns);
+	int64_t *needs;
+	size_t nn;
+	S.q->ops->job_needs(S.q, job, &needs, &nn);
+
+	struct reply r;
+	reply_begin(&r, id);
+	msgpack_packer *pk = &r.pk;
+	msgpack_pack_map(pk, 2);
+	mpk_pack_str(pk, "job");
+	pack_job(pk, &j, true, needs, nn);
+	mpk_pack_str(pk, "attempts");
+	msgpack_pack_array(pk, na);
+	for (size_t a = 0; a < na; a++) {
+		msgpack_pack_map(pk, 9);
+		mpk_kv_int(pk, "attempt", att[a].attempt);
+		mpk_kv_str(pk, "op", att[a].op);
+		mpk_kv_str(pk, "node", att[a].node);
+		mpk_pack_str(pk, "epochs");
+		size_t ne = 1;
+		for (const char *p = att[a].epochs; p && *p; p++)
+			ne += *p == ',';
+		msgpack_pack_array(pk, ne);
+		for (const char *p = att[a].epochs; p && *p;) {
+			msgpack_pack_int64(pk, strtoll(p, NULL, 10));
+			p = strchr(p, ',');
+			if (p)
+				p++;
+		}
+		mpk_kv_int(pk, "started", att[a].started);
+		if (att[a].finished)
+			mpk_kv_int(pk, "finished", att[a].finished);
+		else
+			mpk_kv_nil(pk, "finished");
+		mpk_kv_str(pk, "outcome", att[a].outcome);
+		mpk_kv_str(pk, "error", att[a].error);
+		size_t cnt = 0;
+		for (size_t s = 0; s < ns; s++)
+			cnt += steps[s].attempt == att[a].attempt;
+		mpk_pack_str(pk, "steps");
+		msgpack_pack_array(pk, cnt);
+		for (size_t s = 0; s < ns; s++) {
+			struct q_step *st = &steps[s];
+			if (st->attempt != att[a].attempt)
+				continue;
+			msgpack_pack_map(pk, 12);
+			mpk_kv_int(pk, "seq", st->seq);
+			mpk_kv_str(pk, "name", st->name);
+			mpk_kv_str(pk, "state", st->state);
+			mpk_kv_raw(pk, "undo", st->undo, st->undo_len);
+			mpk_kv_raw(pk, "result", st->result, st->result_len);
+			mpk_kv_str(pk, "error", st->error);
+			mpk_kv_int(pk, "started", st->started);
+			if (st->finished)
+				mpk_kv_int(pk, "finished", st->finished);
+			else
+				mpk_kv_nil(pk, "finished");
+			if (st->undo_started)
+				mpk_kv_int(pk, "undo_started", st->undo_started);
+			else
+				mpk_kv_nil(pk, "undo_started");
+			if (st->undo_finished)
+				mpk_kv_int(pk, "undo_finished", st->undo_finished);
+			else
+				mpk_kv_nil(pk, "undo_finished");
+			mpk_kv_str(pk, "undo_error", st->undo_error);
+			mpk_kv_int(pk, "undo_runs", st->undo_runs);
+		}
+	}
+	reply_end(c, &r);
+	for (size_t a = 0; a < na; a++)
+		q_attempt_release(&att[a]);
+	for (size_t s = 0; s < ns; s++)
+		q_step_release(&steps[s]);
+	free(att);
+	free(steps);
+	free(needs);
+	q_job_release(&j);
+}
+
+struct stat_pack {
+	msgpack_packer *pk;
+	int n;
+	const char *states[16];
+	int64_t counts[16];
+};
+
+static void stat_cb(const char *state, int64_t n, void *arg)
+{
+	struct stat_pack *sp = arg;
+	if (sp->n < 16 && state) {
+		sp->states[sp->n] = xstrdup(state);
+		sp->counts[sp->n++] = n;
+	}
+}
+
+static void m_stats(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	struct stat_pack sp = {0};
+	int rc = S.q->ops->stats(S.q, stat_cb, &sp);
+	if (rc) {
+		reply_error(c, id, rc, "cannot count jobs: %s", S.q->errmsg);
+		return;
+	}
+	struct reply r;
+	reply_begin(&r, id);
+	msgpack_pack_map(&r.pk, 2);
+	mpk_pack_str(&r.pk, "states");
+	msgpack_pack_map(&r.pk, (size_t)sp.n);
+	for (int i = 0; i < sp.n; i++) {
+		mpk_kv_int(&r.pk, sp.states[i], sp.counts[i]);
+		free((char *)sp.states[i]);
+	}
+	mpk_kv_int(&r.pk, "running_here", engine_running());
+	reply_end(c, &r);
+}
+
+/* ---- tails --------------------------------------------------------------- */
+
+static void sub_free(struct sub *s)
+{
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		S.subs = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	if (s->c)
+		s->c->sub = NULL;
+	free(s->jobs);
+	free(s->next_seq);
+	free(s);
+}
+
+struct ev_send {
+	struct sub *s;
+	size_t idx;
+	int sent;
+};
+
+static int send_event_cb(int64_t job, int64_t seq, int64_t ts, const char *stream,
+			 const void *data, size_t len, void *arg)
+{
+	struct ev_send *es = arg;
+	struct sub *s = es->s;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 2);
+	mpk_kv_int(&pk, "id", s->id);
+	mpk_pack_str(&pk, "event");
+	msgpack_pack_map(&pk, 5);
+	mpk_kv_int(&pk, "job", job);
+	mpk_kv_int(&pk, "seq", seq);
+	mpk_kv_int(&pk, "ts", ts);
+	mpk_kv_str(&pk, "stream", stream ? stream : "?");
+	mpk_pack_str(&pk, "data");
+	bool raw = stream && (strcmp(stream, "stdout") == 0 || strcmp(stream, "stderr") == 0);
+	if (raw) {
+		msgpack_pack_bin(&pk, len);
+		msgpack_pack_bin_body(&pk, data, len);
+	} else if (data && len) {
+		msgpack_sbuffer_write(&sb, data, len);
+	} else {
+		msgpack_pack_nil(&pk);
+	}
+	conn_send(s->c, sb.data, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+	s->next_seq[es->idx] = seq + 1;
+	es->sent++;
+	return 0;
+}
+
+/* Send what the subscriber has not seen yet, as far as the socket takes it;
+ * end the tail once every job is final and its events are all sent. */
+static void sub_pump(struct sub *s)
+{
+	struct conn *c = s->c;
+	for (;;) {
+		int sent = 0;
+		for (size_t i = 0; i < s->njobs; i++) {
+			if (c->closing || c->pipe.write_queue_size >= TAIL_HIGH_WATER)
+				return;
+			struct ev_send es = {s, i, 0};
+			S.q->ops->events_read(S.q, s->jobs[i], s->next_seq[i], 256, send_event_cb,
+					      &es);
+			sent += es.sent;
+		}
+		if (!sent)
+			break;
+	}
+	/* Caught up: is everything final? */
+	bool all_final = true;
+	bool has_exit = false;
+	int exit_code = 0;
+	char state[24] = "";
+	for (size_t i = 0; i < s->njobs && all_final; i++) {
+		struct q_job j;
+		if (S.q->ops->job_get(S.q, s->jobs[i], &j) != 0)
+			continue;
+		all_final = job_state_final(j.state);
+		snprintf(state, sizeof(state), "%s", j.state);
+		has_exit = j.has_exit;
+		exit_code = j.exit_code;
+		q_job_release(&j);
+	}
+	if (s->follow && !all_final)
+		return;
+	struct reply r;
+	reply_begin(&r, s->id);
+	if (s->submission) {
+		struct q_list_filter f = {.submission = s->submission, .limit = 1000000};
+		struct counter cnt = {0};
+		S.q->ops->job_list(S.q, &f, count_cb, &cnt);
+		msgpack_pack_map(&r.pk, 1);
+		mpk_pack_str(&r.pk, "jobs");
+		msgpack_pack_array(&r.pk, cnt.n);
+		S.q->ops->job_list(S.q, &f, pack_summary_cb, &r.pk);
+	} else {
+		msgpack_pack_map(&r.pk, 1 + has_exit);
+		mpk_kv_str(&r.pk, "state", state);
+		if (has_exit)
+			mpk_kv_int(&r.pk, "exit_code", exit_code);
+	}
+	sub_free(s);
+	reply_end(c, &r);
+}
+
+struct idlist {
+	int64_t *ids;
+	size_t n, cap;
+};
+
+static int collect_id(const struct q_job *j, void *arg)
+{
+	struct idlist *l = arg;
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 16;
+		l->ids = xrealloc(l->ids, l->cap * sizeof(*l->ids));
+	}
+	l->ids[l->n++] = j->id;
+	return 0;
+}
+
+static void m_tail(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	int64_t job = 0, submission = 0, from = 1;
+	bool follow = true;
+	mpk_get_int(params, "job", &job);
+	mpk_get_int(params, "submission", &submission);
+	mpk_get_int(params, "from", &from);
+	mpk_get_bool(params, "follow", &follow);
+	struct idlist l = {0};
+	if (submission > 0) {
+		struct q_list_filter f = {.submission = submission, .limit = 1000000};
+		S.q->ops->job_list(S.q, &f, collect_id, &l);
+		if (l.n == 0) {
+			reply_error(c, id, BG_ERR_NOENT, "no submission %lld", (long long)submission);
+			return;
+		}
+	} else if (job > 0) {
+		struct q_job j;
+		if (S.q->ops->job_get(S.q, job, &j) != 0) {
+			reply_error(c, id, BG_ERR_NOENT, "no job %lld", (long long)job);
+			return;
+		}
+		q_job_release(&j);
+		collect_id(&(struct q_job){.id = job}, &l);
+	} else {
+		reply_error(c, id, BG_ERR_INVAL, "job.tail needs 'job' or 'submission' (an id)");
+		return;
+	}
+	struct sub *s = xcalloc(1, sizeof(*s));
+	s->c = c;
+	s->id = id;
+	s->submission = submission;
+	s->jobs = l.ids;
+	s->njobs = l.n;
+	s->next_seq = xcalloc(l.n, sizeof(*s->next_seq));
+	for (size_t i = 0; i < l.n; i++)
+		s->next_seq[i] = submission > 0 ? 1 : (from > 0 ? from : 1);
+	s->follow = follow;
+	s->next = S.subs;
+	if (S.subs)
+		S.subs->prev = s;
+	S.subs = s;
+	c->sub = s;
+	sub_pump(s);
+}
+
+void server_notify(int64_t job)
+{
+	for (struct sub *s = S.subs, *next; s; s = next) {
+		next = s->next;
+		for (size_t i = 0; i < s->njobs; i++)
+			if (s->jobs[i] == job) {
+				sub_pump(s);
+				break;
+			}
+	}
+}
+
+bool server_has_subscribers(void)
+{
+	return S.subs != NULL;
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static const struct method {
+	const char *name;
+	method_fn fn;
+} methods[] = {
+	{BG_M_PING, m_ping},       {BG_M_JOB_SUBMIT, m_submit}, {BG_M_JOB_LIST, m_list},
+	{BG_M_JOB_SHOW, m_show},   {BG_M_JOB_CANCEL, m_cancel}, {BG_M_JOB_RETRY, m_retry},
+	{BG_M_JOB_TAIL, m_tail},   {BG_M_OPLOG, m_oplog},       {BG_M_JOB_STATS, m_stats},
+};
+
+static void dispatch(struct conn *c, const char *body, size_t len)
+{
+	msgpack_unpacked msg;
+	if (rpc_decode(body, len, &msg) != 0) {
+		log_warn(NULL, 0, "closing a connection that sent a frame that is not a msgpack map");
+		send_error(c, 0, BG_ERR_PROTO, "frame is not a msgpack map");
+		conn_close(c);
+		return;
+	}
+	const msgpack_object *root = &msg.data;
+	int64_t id = 0;
+	const char *m = NULL;
+	size_t mlen = 0;
+	if (mpk_get_int(root, "id", &id) != 0 || id < 0 || id > UINT32_MAX ||
+	    mpk_get_str(root, "method", &m, &mlen) != 0) {
+		send_error(c, (uint32_t)(id > 0 && id <= UINT32_MAX ? id : 0), BG_ERR_PROTO,
+			   "request needs 'id' (uint) and 'method' (str)");
+		msgpack_unpacked_destroy(&msg);
+		return;
+	}
+	const char *op;
+	size_t oplen;
+	if (mpk_get_str(root, "op", &op, &oplen) == 0 && oplen > 0 && oplen < sizeof(c->op))
+		snprintf(c->op, sizeof(c->op), "%.*s", (int)oplen, op);
+	else {
+		char hex[17];
+		rand_hex(hex, 8);
+		snprintf(c->op, sizeof(c->op), "rpc-%s", hex);
+	}
+	const msgpack_object *params = mpk_get(root, "params");
+	static const msgpack_object empty = {.type = MSGPACK_OBJECT_MAP};
+	if (!params || params->type == MSGPACK_OBJECT_NIL)
+		params = &empty;
+	if (params->type != MSGPACK_OBJECT_MAP) {
+		send_error(c, (uint32_t)id, BG_ERR_PROTO, "'params' must be a map");
+		msgpack_unpacked_destroy(&msg);
+		return;
+	}
+	for (size_t i = 0; i < ARRAY_LEN(methods); i++) {
+		if (strlen(methods[i].name) == mlen && memcmp(methods[i].name, m, mlen) == 0) {
+			log_debug(c->op, 0, "rpc %s", methods[i].name);
+			c->busy = true;
+			c->req_id = (uint32_t)id;
+			methods[i].fn(c, (uint32_t)id, params);
+			msgpack_unpacked_destroy(&msg);
+			return;
+		}
+	}
+	send_error(c, (uint32_t)id, BG_ERR_INVAL, "unknown method");
+	msgpack_unpacked_destroy(&msg);
+}
+
+/* Process buffered frames while not busy. */
+static void conn_next(struct conn *c)
+{
+	while (!c->busy && !c->closing && c->len >= 4) {
+		int64_t n = rpc_frame_len((unsigned char *)c->buf);
+		if (n < 0) {
+			log_warn(NULL, 0, "closing a connection: %s",
+				 n == BG_ERR_TOOBIG ? "frame larger than the limit" : "empty frame");
+			send_error(c, 0, (int)n,
+				   n == BG_ERR_TOOBIG ? "frame larger than the 16 MiB limit"
+						      : "empty frame");
+			conn_close(c);
+			return;
+		}
+		if (c->len < (size_t)n + 4)
+			break;
+		char *body = xmalloc((size_t)n);
+		memcpy(body, c->buf + 4, (size_t)n);
+		memmove(c->buf, c->buf + 4 + n, c->len - 4 - (size_t)n);
+		c->len -= 4 + (size_t)n;
+		dispatch(c, body, (size_t)n);
+		free(body);
+	}
+	if (c->closing)
+		return;
+	/* Read more only while idle, and never more than one frame ahead. */
+	bool want = !c->busy && c->len < 4 + (size_t)BG_RPC_MAX_FRAME;
+	if (want && !c->reading) {
+		conn_resume_read(c);
+	} else if (!want && c->reading) {
+		uv_read_stop((uv_stream_t *)&c->pipe);
+		c->reading = false;
+	}
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct conn *c = h->data;
+	size_t want = 65536;
+	if (c->cap - c->len < want) {
+		c->cap = c->len + want;
+		c->buf = xrealloc(c->buf, c->cap);
+	}
+	*buf = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+	struct conn *c = st->data;
+	if (n < 0) {
+		conn_close(c);
+		return;
+	}
+	c->len += (size_t)n;
+	/* check an oversized header at once, before buffering its body */
+	if (c->len >= 4 && rpc_frame_len((unsigned char *)c->buf) == BG_ERR_TOOBIG && c->busy) {
+		uv_read_stop(st);
+		c->reading = false;
+		return;
+	}
+	conn_next(c);
+}
+
+static void conn_resume_read(struct conn *c)
+{
+	if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) == 0)
+		c->reading = true;
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+	struct conn *c = h->data;
+	free(c->buf);
+	free(c);
+}
+
+static void conn_close(struct conn *c)
+{
+	if (!c->closing) {
+		c->closing = true;
+		if (c->sub)
+			sub_free(c->sub);
+		if (c->prev)
+			c->prev->next = c->next;
+		else if (S.conns == c)
+			S.conns = c->next;
+		if (c->next)
+			c->next->prev = c->prev;
+		c->prev = c->next = NULL;
+		if (c->reading) {
+			uv_read_stop((uv_stream_t *)&c->pipe);
+			c->reading = false;
+		}
+	}
+	/* freed once no write or commit callback refers to it */
+	if (c->refs == 0 && !uv_is_closing((uv_handle_t *)&c->pipe))
+		uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	if (status < 0)
+		return;
+	struct conn *c = xcalloc(1, sizeof(*c));
+	uv_pipe_init(S.loop, &c->pipe, 0);
+	c->pipe.data = c;
+	if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
+		uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+		return;
+	}
+	c->next = S.conns;
+	if (S.conns)
+		S.conns->prev = c;
+	S.conns = c;
+	uv_os_fd_t fd;
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	if (uv_fileno((uv_handle_t *)&c->pipe, &fd) != 0 ||
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0) {
+		conn_close(c);
+		return;
+	}
+	c->uid = cred.uid;
+	if (cred.uid != S.o.owner_uid && cred.uid != 0) {
+		log_warn(NULL, 0, "refused a connection from uid %u (pid %d): only uid %u and root "
+			 "may use this bangerd", cred.uid, cred.pid, S.o.owner_uid);
+		char msg[160];
+		snprintf(msg, sizeof(msg), "permission denied: uid %u may not use this bangerd "
+			 "(owner is uid %u)", cred.uid, S.o.owner_uid);
+		send_error(c, 0, BG_ERR_PERM, msg);
+		conn_close(c);
+		return;
+	}
+	conn_resume_read(c);
+}
+
+int server_start(uv_loop_t *loop, struct queue *q, const struct server_opts *o, char **errmsg)
+{
+	S.loop = loop;
+	S.q = q;
+	S.o = *o;
+	uv_pipe_init(loop, &S.listener, 0);
+	unlink(o->socket_path); /* stale: we hold the runtime directory's lock */
+	mode_t old = umask(0177);
+	int rc = uv_pipe_bind(&S.listener, o->socket_path);
+	umask(old);
+	if (rc == 0)
+		rc = uv_listen((uv_stream_t *)&S.listener, 128, on_connection);
+	if (rc) {
+		*errmsg = xasprintf("cannot listen on '%s': %s", o->socket_path, uv_strerror(rc));
+		return BG_ERR_IO;
+	}
+	chmod(o->socket_path, 0600);
+	return 0;
+}
+
+void server_stop(void)
+{
+	if (S.stopping)
+		return;
+	S.stopping = true;
+	uv_close((uv_handle_t *)&S.listener, NULL);
+	while (S.conns)
+		conn_close(S.conns);
+}
