@@ -4,14 +4,16 @@
 # benchmark table; `make demo` sets up and runs the example (README).
 
 CC      ?= cc
-PKGS    := libuv msgpack sqlite3 yaml-0.1 jansson
+PKGS    := libuv msgpack sqlite3 yaml-0.1 jansson libcurl openssl libarchive ext2fs \
+           libnl-3.0 libnl-route-3.0 devmapper
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN    := -Wall -Wextra -Werror -Wmissing-prototypes -Wvla -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -include common/banned.h \
-           -Icommon -Iqueue -Iworker -Ibuild/gen $(PKG_CFLAGS) -MMD -MP
+           -Icommon -Iqueue -Iworker -Ihelper -Ibuild/gen $(PKG_CFLAGS) -MMD -MP
+LDFLAGS += -Wl,--as-needed
 LDLIBS  += $(PKG_LIBS) -lpthread -lm
 
 B := build
@@ -23,18 +25,29 @@ CLIENT_SRC := $(wildcard client/*.c)
 TKIND_SRC  := $(wildcard tests/kinds/*.c)
 UNIT_SRC   := $(wildcard tests/unit/*.c)
 BENCH_SRC  := $(wildcard tests/bench/*.c)
+# helper/: banger-helper (root) is helper/*.c; helper/client_*.c and
+# helper/proto*.c are the parts bangerd links too (see helper/README.md)
+HELPER_SRC := $(wildcard helper/*.c)
+HELPER_SHARED_SRC := $(wildcard helper/proto*.c helper/client*.c)
 
 obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
 
 COMMON_OBJ := $(call obj,$(COMMON_SRC))
 QUEUE_OBJ  := $(call obj,$(QUEUE_SRC)) $(B)/obj/gen/migrations.o
-WORKER_OBJ := $(call obj,$(WORKER_SRC))
+WORKER_OBJ := $(call obj,$(WORKER_SRC) $(HELPER_SHARED_SRC))
 CORE_OBJ   := $(WORKER_OBJ) $(QUEUE_OBJ) $(COMMON_OBJ)
 
 BINS := $(B)/bangerd $(B)/banger $(B)/bangerd-test $(B)/unit-tests
 ifneq ($(BENCH_SRC),)
 BINS += $(B)/bench-queue
 endif
+ifneq ($(wildcard helper/main.c),)
+BINS += $(B)/banger-helper
+endif
+
+# Each subsystem with targets of its own (the helper's fuzzer, the guest
+# agent, ...) keeps them in mk/NAME.mk; they may append to BINS and TEST_DEPS.
+-include $(wildcard mk/*.mk)
 
 all: $(BINS)
 
@@ -62,6 +75,9 @@ $(B)/banger: $(call obj,$(CLIENT_SRC)) $(COMMON_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/unit-tests: $(call obj,$(UNIT_SRC) $(TKIND_SRC)) $(CORE_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/banger-helper: $(call obj,$(filter-out $(wildcard helper/client*.c),$(HELPER_SRC))) $(COMMON_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/bench-queue: $(call obj,$(BENCH_SRC)) $(COMMON_OBJ)

@@ -5,7 +5,14 @@
 # what is missing.  Needs root (or sudo).
 set -eu
 PKGS="build-essential pkg-config libuv1-dev libmsgpack-dev libsqlite3-dev libyaml-dev
-libjansson-dev sqlite3 jq python3 bc util-linux procps"
+libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev e2fslibs-dev libnl-3-dev
+libnl-route-3-dev libdevmapper-dev sqlite3 jq python3 bc util-linux procps"
+# subsystems list what they need beyond this in ci/deps/*.txt (one package
+# per line, # comments)
+dir=$(dirname "$0")
+for f in "$dir"/deps/*.txt; do
+	[ -f "$f" ] && PKGS="$PKGS $(sed 's/#.*//' "$f")"
+done
 missing=""
 for p in $PKGS; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
