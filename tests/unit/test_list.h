@@ -41,6 +41,13 @@
 	X(config_env_override)        \
 	X(config_unknown_key)         \
 	X(config_bad_values)          \
-	X(config_missing_file)
+	X(config_missing_file)        \
+	/* tests/unit/test_queue.c */  \
+	X(queue_migrations_applied)   \
+	X(queue_fencing_by_epoch)     \
+	X(queue_idempotent_submit)    \
+	X(queue_claim_slots_and_priority) \
+	X(queue_dependents_released_or_skipped) \
+	X(queue_events_sequence_per_job)
 
 #endif
