@@ -10,10 +10,13 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN    := -Wall -Wextra -Werror -Wmissing-prototypes -Wvla -Wno-unused-parameter
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -include common/banned.h \
+OPT     ?= -O2 -g
+# SANFLAGS: sanitizers for the test variant (make asan)
+SANFLAGS ?=
+CFLAGS  ?=
+CFLAGS  += $(OPT) $(SANFLAGS) -std=c11 -D_GNU_SOURCE $(WARN) -include common/banned.h \
            -Icommon -Iqueue -Iworker -Ihelper -Ibuild/gen $(PKG_CFLAGS) -MMD -MP
-LDFLAGS += -Wl,--as-needed
+LDFLAGS += -Wl,--as-needed $(SANFLAGS)
 LDLIBS  += $(PKG_LIBS) -lpthread -lm
 
 B := build
@@ -87,6 +90,7 @@ $(B)/bench-queue: $(call obj,$(BENCH_SRC)) $(COMMON_OBJ)
 # everything is there), so each works as one command on a fresh machine.
 test: deps
 	$(MAKE) all
+	$(MAKE) asan
 	bash tests/run.sh
 
 bench: deps
@@ -100,9 +104,17 @@ demo: deps
 deps:
 	sh ci/install-deps.sh
 
+# The same daemon, CLI and unit tests built with ASan and UBSan into
+# build/asan/; `make test` runs the unit tests and the core integration
+# tests against them too.
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+asan:
+	$(MAKE) B=build/asan OPT="-O1 -g" SANFLAGS="$(ASAN_FLAGS)" \
+		build/asan/bangerd-test build/asan/banger build/asan/unit-tests
+
 clean:
 	rm -rf $(B)
 
-.PHONY: all test bench demo deps clean
+.PHONY: all test bench demo deps clean asan
 
 -include $(shell find $(B)/obj -name '*.d' 2>/dev/null)

@@ -7,8 +7,9 @@
 # checks with `must`); daemons it started are killed when it ends.
 
 ROOT=${ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
-BANGER=$ROOT/build/banger
-BANGERD=$ROOT/build/bangerd-test
+BIN=${BANGER_BIN_DIR:-$ROOT/build}
+BANGER=$BIN/banger
+BANGERD=$BIN/bangerd-test
 
 fail() {
 	echo "    FAIL: $*" >&2

@@ -33,7 +33,7 @@ static int64_t submit(struct queue *q, const char *key, size_t n, const char *co
 {
 	struct q_newjob jobs[16];
 	size_t need_idx[16];
-	char names[16][8];
+	char names[16][24];
 	memset(jobs, 0, sizeof(jobs));
 	for (size_t i = 0; i < n; i++) {
 		snprintf(names[i], sizeof(names[i]), "j%zu", i);
