@@ -964,6 +964,10 @@ static void start_rollback(struct job_run *jr, enum reason why, const char *erro
 
 static void interrupt_run(struct job_run *jr, enum reason why)
 {
+	/* A rollback runs to its end: undo bodies must not see a cancel (only
+	 * a lost lease stops it, at the next undo boundary). */
+	if (jr->rolling_back && why != R_LEASE)
+		return;
 	int expected = R_NONE;
 	if (!atomic_compare_exchange_strong(&jr->cancel, &expected, why))
 		return;
