@@ -42,6 +42,7 @@ enum stmt_id {
 	S_SUB_INSERT,
 	S_JOB_INSERT,
 	S_NEED_INSERT,
+	S_PROMOTE,
 	S_READY,
 	S_CLAIM,
 	S_ATTEMPT_INSERT,
@@ -72,6 +73,7 @@ enum stmt_id {
 	S_HELD,
 	S_STATS,
 	S_EVENT_APPEND,
+	S_EVENT_MAX,
 	S_EVENTS_READ,
 	S_NODE_GET,
 	S_NODE_UPSERT,
@@ -87,6 +89,12 @@ enum stmt_id {
 	"j.created, j.started, j.finished, j.lease_owner, j.lease_expires, j.exit_code, "         \
 	"j.error, j.result, s.idem_key, j.rollback_reason"
 #define JOB_FROM " FROM jobs j JOIN submissions s ON s.id = j.submission "
+/* the same columns from a RETURNING clause (no join: the key reads NULL) */
+#define JOB_COLS_ROW                                                                              \
+	"id, submission, name, kind, state, params, priority, attempt, failures, max_attempts, "  \
+	"crashes, attempt_open, when_always, cancel_requested, retry, deps_pending, epoch, "      \
+	"run_after, timeout, created, started, finished, lease_owner, lease_expires, exit_code, " \
+	"error, result, NULL, rollback_reason"
 
 static const char *const sql[S_COUNT] = {
 	[S_BEGIN] = "BEGIN IMMEDIATE",
@@ -96,17 +104,20 @@ static const char *const sql[S_COUNT] = {
 	[S_SUB_INSERT] = "INSERT INTO submissions(name, path, idem_key, op, spec, created) "
 			 "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[S_JOB_INSERT] = "INSERT INTO jobs(submission, name, kind, params, state, priority, "
-			 "max_attempts, run_after, timeout, retry, when_always, deps_pending, created) "
-			 "VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+			 "max_attempts, run_after, delayed, timeout, retry, when_always, deps_pending, "
+			 "created) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7 > ?12, ?8, ?9, ?10, "
+			 "?11, ?12)",
 	[S_NEED_INSERT] = "INSERT OR IGNORE INTO job_needs(job, needs) VALUES (?1, ?2)",
-	[S_READY] = "SELECT id, kind, attempt_open, attempt FROM jobs "
-		    "WHERE state = 'queued' AND deps_pending = 0 AND run_after <= ?1 "
-		    "ORDER BY priority DESC, run_after, id",
+	[S_PROMOTE] = "UPDATE jobs INDEXED BY jobs_due SET delayed = 0 "
+		      "WHERE state = 'queued' AND delayed = 1 AND run_after <= ?1",
+	[S_READY] = "SELECT id, kind, attempt_open FROM jobs INDEXED BY jobs_ready "
+		    "WHERE state = 'queued' AND deps_pending = 0 AND delayed = 0 "
+		    "ORDER BY priority DESC, id",
 	[S_CLAIM] = "UPDATE jobs SET state = 'running', epoch = epoch + 1, lease_owner = ?2, "
 		    "lease_expires = ?3, started = COALESCE(started, ?4), "
 		    "attempt = CASE WHEN attempt_open THEN attempt ELSE attempt + 1 END, "
 		    "attempt_open = 1, cancel_requested = 0 "
-		    "WHERE id = ?1 AND state = 'queued' RETURNING epoch, attempt",
+		    "WHERE id = ?1 AND state = 'queued' RETURNING " JOB_COLS_ROW,
 	[S_ATTEMPT_INSERT] = "INSERT OR REPLACE INTO attempts(job, attempt, op, node, epochs, started) "
 			     "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[S_ATTEMPT_EPOCH] = "UPDATE attempts SET epochs = epochs || ',' || ?3, node = ?4 "
@@ -115,8 +126,8 @@ static const char *const sql[S_COUNT] = {
 			"WHERE id = ?1 AND epoch = ?2 AND lease_owner = ?4",
 	[S_RECLAIM] = "UPDATE jobs SET epoch = epoch + 1, lease_expires = ?4, crashes = crashes + ?5 "
 		      "WHERE id = ?1 AND epoch = ?2 AND lease_owner = ?3 RETURNING epoch, attempt",
-	[S_NEXT_DUE] = "SELECT MIN(run_after) FROM jobs "
-		       "WHERE state = 'queued' AND deps_pending = 0 AND run_after > ?1",
+	[S_NEXT_DUE] = "SELECT MIN(run_after) FROM jobs INDEXED BY jobs_due "
+		       "WHERE state = 'queued' AND delayed = 1",
 	[S_STEP_BEGIN] = "INSERT INTO steps(job, attempt, seq, name, state, undo, started) "
 			 "SELECT ?1, ?3, ?4, ?5, 'begun', ?6, ?7 WHERE " FENCE " "
 			 "ON CONFLICT(job, attempt, seq) DO UPDATE SET state = 'begun', "
@@ -144,6 +155,7 @@ static const char *const sql[S_COUNT] = {
 			"rollback_reason = ?5 WHERE id = ?1 AND epoch = ?2",
 	[S_FINISH] = "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_expires = NULL, "
 		     "run_after = CASE WHEN ?3 = 'queued' THEN ?4 ELSE run_after END, "
+		     "delayed = (?3 = 'queued' AND ?4 > ?11), "
 		     "failures = failures + ?5, "
 		     "crashes = CASE WHEN ?6 THEN crashes + 1 ELSE 0 END, "
 		     "attempt_open = ?7, exit_code = ?8, error = ?9, result = ?10, rollback_reason = NULL, "
@@ -162,7 +174,7 @@ static const char *const sql[S_COUNT] = {
 	[S_REQUEST_CANCEL] = "UPDATE jobs SET cancel_requested = 1 "
 			     "WHERE id = ?1 AND state IN ('running', 'rolling_back')",
 	[S_RETRY] = "UPDATE jobs SET state = 'queued', failures = 0, crashes = 0, attempt_open = 0, "
-		    "run_after = ?2, error = NULL, exit_code = NULL, result = NULL, finished = NULL, "
+		    "run_after = ?2, delayed = 0, error = NULL, exit_code = NULL, result = NULL, finished = NULL, "
 		    "deps_pending = (SELECT COUNT(*) FROM job_needs n JOIN jobs d ON d.id = n.needs "
 		    "  WHERE n.job = ?1 AND d.state NOT IN "
 		    "  ('succeeded','failed','dead','cancelled','rolled_back','skipped')) "
@@ -175,9 +187,8 @@ static const char *const sql[S_COUNT] = {
 	[S_HELD] = "SELECT " JOB_COLS JOB_FROM
 		   "WHERE j.lease_owner = ?1 AND j.state IN ('running', 'rolling_back') ORDER BY j.id",
 	[S_STATS] = "SELECT state, COUNT(*) FROM jobs GROUP BY state",
-	[S_EVENT_APPEND] = "INSERT INTO events(job, seq, ts, stream, data) "
-			   "SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM events WHERE job = ?1 "
-			   "RETURNING seq",
+	[S_EVENT_APPEND] = "INSERT INTO events(job, seq, ts, stream, data) VALUES (?1, ?5, ?2, ?3, ?4)",
+	[S_EVENT_MAX] = "SELECT MAX(seq) FROM events WHERE job = ?1",
 	[S_EVENTS_READ] = "SELECT seq, ts, stream, data FROM events WHERE job = ?1 AND seq >= ?2 "
 			  "ORDER BY seq LIMIT ?3",
 	[S_NODE_GET] = "SELECT clean_stop FROM nodes WHERE id = ?1",
@@ -198,9 +209,14 @@ struct sq {
 	int wal_fd;
 	sqlite3 *ckpt_db;
 	atomic_int wal_pages;
+	/* next event seq per job (see next_seq) */
+	int64_t *seq_keys, *seq_vals;
+	size_t seq_cap, seq_n;
 };
 
 #define SQ(q) ((struct sq *)(q))
+
+static void seq_cache_clear(struct sq *s);
 
 static int map_rc(struct sq *s, int rc)
 {
@@ -312,6 +328,7 @@ static int sq_commit(struct queue *q, uint64_t *commit_no)
 			sqlite3_step(stmt(s, S_ROLLBACK));
 			sqlite3_reset(stmt(s, S_ROLLBACK));
 		}
+		seq_cache_clear(s);
 		s->in_txn = false;
 		return e;
 	}
@@ -603,7 +620,8 @@ static int sq_claim(struct queue *q, const char *node, int64_t now, int64_t leas
 	struct sq *s = SQ(q);
 	int slots[64];
 	int64_t ids[256];
-	int n = 0, rc;
+	bool reopen[256];
+	int n = 0, rc, left = 0;
 
 	*nout = 0;
 	if (max > (int)ARRAY_LEN(ids))
@@ -611,15 +629,36 @@ static int sq_claim(struct queue *q, const char *node, int64_t now, int64_t leas
 	if (nkinds > ARRAY_LEN(slots))
 		nkinds = ARRAY_LEN(slots);
 	for (size_t k = 0; k < nkinds; k++)
-		slots[k] = kinds[k].slots;
+		left += slots[k] = kinds[k].slots;
 
-	sqlite3_stmt *st = stmt(s, S_READY);
-	sqlite3_bind_int64(st, 1, now);
-	while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+	/* Delayed jobs whose time has come join the ready index first. */
+	sqlite3_stmt *st = stmt(s, S_NEXT_DUE);
+	int64_t due = 0;
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+		due = sqlite3_column_int64(st, 0);
+	done_stmt(st);
+	if (due && due <= now) {
+		if ((rc = write_begin(s)))
+			return rc;
+		st = stmt(s, S_PROMOTE);
+		sqlite3_bind_int64(st, 1, now);
+		if ((rc = exec_stmt(s, st)))
+			return rc;
+	}
+
+	/* Ready jobs in claim order; a kind without slots is passed over.  The
+	 * scan stops after a bounded number of rows, so a deep queue of one
+	 * kind at its limit costs a claim little. */
+	int scanned = 0, scan_max = 4 * max + 1024;
+	st = stmt(s, S_READY);
+	while (n < max && left > 0 && scanned++ < scan_max &&
+	       (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *kind = (const char *)sqlite3_column_text(st, 1);
 		for (size_t k = 0; k < nkinds; k++) {
 			if (slots[k] > 0 && kind && strcmp(kind, kinds[k].kind) == 0) {
 				slots[k]--;
+				left--;
+				reopen[n] = sqlite3_column_int(st, 2) != 0;
 				ids[n++] = sqlite3_column_int64(st, 0);
 				break;
 			}
@@ -644,35 +683,34 @@ static int sq_claim(struct queue *q, const char *node, int64_t now, int64_t leas
 				return rc;
 			continue;
 		}
-		int64_t epoch = sqlite3_column_int64(st, 0);
-		int attempt = sqlite3_column_int(st, 1);
+		struct q_job *j = &out[*nout];
+		read_job(st, j);
 		done_stmt(st);
 
-		char op[64], ep[24];
-		snprintf(op, sizeof(op), "job-%lld-%d", (long long)ids[i], attempt);
-		snprintf(ep, sizeof(ep), "%lld", (long long)epoch);
-		/* A re-claimed open attempt (after a drain or a crash) adds its
-		 * epoch to the attempt; a new one inserts the row. */
-		st = stmt(s, S_ATTEMPT_EPOCH);
-		sqlite3_bind_int64(st, 1, ids[i]);
-		sqlite3_bind_int(st, 2, attempt);
-		bind_text(st, 3, ep);
-		bind_text(st, 4, node);
-		if ((rc = exec_stmt(s, st)))
-			return rc;
-		if (sqlite3_changes(s->db) == 0) {
+		/* bound SQLITE_STATIC: both must live until the statement ran */
+		char ep[24], op[64];
+		snprintf(ep, sizeof(ep), "%lld", (long long)j->epoch);
+		if (reopen[i]) {
+			/* a re-claimed open attempt (after a drain) adds its epoch */
+			st = stmt(s, S_ATTEMPT_EPOCH);
+			sqlite3_bind_int64(st, 1, ids[i]);
+			sqlite3_bind_int(st, 2, j->attempt);
+			bind_text(st, 3, ep);
+			bind_text(st, 4, node);
+		} else {
+			snprintf(op, sizeof(op), "job-%lld-%d", (long long)ids[i], j->attempt);
 			st = stmt(s, S_ATTEMPT_INSERT);
 			sqlite3_bind_int64(st, 1, ids[i]);
-			sqlite3_bind_int(st, 2, attempt);
+			sqlite3_bind_int(st, 2, j->attempt);
 			bind_text(st, 3, op);
 			bind_text(st, 4, node);
 			bind_text(st, 5, ep);
 			sqlite3_bind_int64(st, 6, now);
-			if ((rc = exec_stmt(s, st)))
-				return rc;
 		}
-		if ((rc = sq_job_get(q, ids[i], &out[*nout])))
+		if ((rc = exec_stmt(s, st))) {
+			q_job_release(j);
 			return rc;
+		}
 		(*nout)++;
 	}
 	return 0;
@@ -734,11 +772,12 @@ static int sq_next_due(struct queue *q, int64_t now, int64_t *when)
 {
 	struct sq *s = SQ(q);
 	sqlite3_stmt *st = stmt(s, S_NEXT_DUE);
-	sqlite3_bind_int64(st, 1, now);
 	*when = 0;
 	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
 		*when = sqlite3_column_int64(st, 0);
 	done_stmt(st);
+	if (*when && *when <= now)
+		*when = now; /* due already: the next claim promotes it */
 	return 0;
 }
 
@@ -1080,28 +1119,96 @@ static int sq_retry(struct queue *q, int64_t job, int64_t now)
 
 /* ---- events ------------------------------------------------------------ */
 
+/*
+ * Each job's next event seq, cached so that an append is one INSERT.  Filled
+ * from MAX(seq) on a miss; emptied when a group is rolled back (the cache may
+ * then be ahead of the table) and when it grows past SEQ_CACHE_MAX entries.
+ */
+#define SEQ_CACHE_MAX 65536
+
+static void seq_cache_clear(struct sq *s)
+{
+	if (s->seq_cap) {
+		memset(s->seq_keys, 0, s->seq_cap * sizeof(*s->seq_keys));
+		memset(s->seq_vals, 0, s->seq_cap * sizeof(*s->seq_vals));
+	}
+	s->seq_n = 0;
+}
+
+static void seq_cache_grow(struct sq *s)
+{
+	if (!s->seq_cap) {
+		s->seq_cap = 1024;
+		s->seq_keys = xcalloc(s->seq_cap, sizeof(*s->seq_keys));
+		s->seq_vals = xcalloc(s->seq_cap, sizeof(*s->seq_vals));
+	}
+	if (s->seq_n * 2 < s->seq_cap)
+		return;
+	if (s->seq_cap >= SEQ_CACHE_MAX) {
+		seq_cache_clear(s);
+		return;
+	}
+	size_t old_cap = s->seq_cap;
+	int64_t *ok = s->seq_keys, *ov = s->seq_vals;
+	s->seq_cap *= 2;
+	s->seq_keys = xcalloc(s->seq_cap, sizeof(*s->seq_keys));
+	s->seq_vals = xcalloc(s->seq_cap, sizeof(*s->seq_vals));
+	for (size_t i = 0; i < old_cap; i++) {
+		if (!ok[i])
+			continue;
+		size_t h = ((uint64_t)ok[i] * 0x9e3779b97f4a7c15ull) & (s->seq_cap - 1);
+		while (s->seq_keys[h])
+			h = (h + 1) & (s->seq_cap - 1);
+		s->seq_keys[h] = ok[i];
+		s->seq_vals[h] = ov[i];
+	}
+	free(ok);
+	free(ov);
+}
+
+static int next_seq(struct sq *s, int64_t job, int64_t *seq)
+{
+	seq_cache_grow(s);
+	size_t h = ((uint64_t)job * 0x9e3779b97f4a7c15ull) & (s->seq_cap - 1);
+	while (s->seq_keys[h] && s->seq_keys[h] != job)
+		h = (h + 1) & (s->seq_cap - 1);
+	if (!s->seq_keys[h]) {
+		sqlite3_stmt *st = stmt(s, S_EVENT_MAX);
+		sqlite3_bind_int64(st, 1, job);
+		int rc = sqlite3_step(st);
+		int64_t max = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+		done_stmt(st);
+		if (rc != SQLITE_ROW)
+			return map_rc(s, rc);
+		s->seq_keys[h] = job;
+		s->seq_vals[h] = max;
+		s->seq_n++;
+	}
+	*seq = ++s->seq_vals[h];
+	return 0;
+}
+
 static int sq_event_append(struct queue *q, int64_t job, int64_t ts, const char *stream,
 			   const void *data, size_t len, int64_t *seq_out)
 {
 	struct sq *s = SQ(q);
+	int64_t seq = 0;
 	int rc = write_begin(s);
 	if (rc)
+		return rc;
+	if ((rc = next_seq(s, job, &seq)))
 		return rc;
 	sqlite3_stmt *st = stmt(s, S_EVENT_APPEND);
 	sqlite3_bind_int64(st, 1, job);
 	sqlite3_bind_int64(st, 2, ts);
 	bind_text(st, 3, stream);
 	bind_blob(st, 4, data, len);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		if (seq_out)
-			*seq_out = sqlite3_column_int64(st, 0);
-		rc = 0;
-	} else {
-		rc = map_rc(s, rc);
-	}
-	done_stmt(st);
-	return rc;
+	sqlite3_bind_int64(st, 5, seq);
+	if ((rc = exec_stmt(s, st)))
+		return rc;
+	if (seq_out)
+		*seq_out = seq;
+	return 0;
 }
 
 static int sq_events_read(struct queue *q, int64_t job, int64_t from_seq, int limit, q_event_cb cb,
@@ -1142,6 +1249,8 @@ static void sq_close(struct queue *q)
 	sqlite3_close(s->db);
 	if (s->wal_fd >= 0)
 		close(s->wal_fd);
+	free(s->seq_keys);
+	free(s->seq_vals);
 	free(s->path);
 	free(s);
 }
@@ -1249,6 +1358,7 @@ int queue_sqlite_open(const char *path, struct queue **out, char **errmsg)
 	if (sqlite3_exec(s->db,
 			 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
 			 "PRAGMA wal_autocheckpoint = 0; PRAGMA foreign_keys = OFF; "
+			 "PRAGMA cache_size = -65536; "
 			 "PRAGMA journal_size_limit = 67108864",
 			 NULL, NULL, &err) != SQLITE_OK) {
 		*errmsg = xasprintf("%s: %s", path, err ? err : sqlite3_errmsg(s->db));

@@ -25,6 +25,7 @@ CREATE TABLE jobs (
   max_attempts  INTEGER NOT NULL DEFAULT 3,
   crashes       INTEGER NOT NULL DEFAULT 0,  -- consecutive attempts cut by a daemon crash
   run_after     INTEGER NOT NULL DEFAULT 0,
+  delayed       INTEGER NOT NULL DEFAULT 0,  -- 1 while run_after is in the future
   timeout       INTEGER NOT NULL DEFAULT 0,
   retry         INTEGER NOT NULL DEFAULT -1, -- re-run after an interrupted attempt: -1 kind default
   when_always   INTEGER NOT NULL DEFAULT 0,
@@ -42,8 +43,12 @@ CREATE TABLE jobs (
   started       INTEGER,
   finished      INTEGER
 );
-CREATE INDEX jobs_ready ON jobs(priority DESC, run_after, id)
-  WHERE state = 'queued' AND deps_pending = 0;
+-- ready to claim, in claim order; delayed jobs wait in jobs_due until
+-- their run_after passes (claim promotes them), so neither index is scanned
+-- past what a claim takes
+CREATE INDEX jobs_ready ON jobs(priority DESC, id)
+  WHERE state = 'queued' AND deps_pending = 0 AND delayed = 0;
+CREATE INDEX jobs_due ON jobs(run_after) WHERE state = 'queued' AND delayed = 1;
 CREATE INDEX jobs_state ON jobs(state, id);
 CREATE INDEX jobs_submission ON jobs(submission, id);
 CREATE INDEX jobs_lease ON jobs(lease_owner) WHERE lease_owner IS NOT NULL;

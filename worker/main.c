@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,6 +229,11 @@ int main(int argc, char **argv)
 	}
 	log_set_ident("bangerd");
 	signal(SIGPIPE, SIG_IGN);
+	/* Bursts (recovery of thousands of jobs, big batches) free and regrow
+	 * the heap constantly; keep freed memory instead of trimming it back
+	 * to the kernel each time. */
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+	mallopt(M_TOP_PAD, 16 << 20);
 
 	int rc;
 	if ((rc = mkdir_p(cfg.state_dir, 0700)) || (rc = mkdir_p(cfg.runtime_dir, 0700))) {
