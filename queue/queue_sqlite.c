@@ -42,6 +42,7 @@ enum stmt_id {
 	S_SUB_INSERT,
 	S_JOB_INSERT,
 	S_NEED_INSERT,
+	S_DEPENDENT_ADD,
 	S_PROMOTE,
 	S_READY,
 	S_CLAIM,
@@ -108,6 +109,7 @@ static const char *const sql[S_COUNT] = {
 			 "created) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7 > ?12, ?8, ?9, ?10, "
 			 "?11, ?12)",
 	[S_NEED_INSERT] = "INSERT OR IGNORE INTO job_needs(job, needs) VALUES (?1, ?2)",
+	[S_DEPENDENT_ADD] = "UPDATE jobs SET dependents = dependents + 1 WHERE id = ?1",
 	[S_PROMOTE] = "UPDATE jobs INDEXED BY jobs_due SET delayed = 0 "
 		      "WHERE state = 'queued' AND delayed = 1 AND run_after <= ?1",
 	[S_READY] = "SELECT id, kind, attempt_open FROM jobs INDEXED BY jobs_ready "
@@ -160,7 +162,7 @@ static const char *const sql[S_COUNT] = {
 		     "crashes = CASE WHEN ?6 THEN crashes + 1 ELSE 0 END, "
 		     "attempt_open = ?7, exit_code = ?8, error = ?9, result = ?10, rollback_reason = NULL, "
 		     "finished = CASE WHEN ?3 = 'queued' THEN NULL ELSE ?11 END "
-		     "WHERE id = ?1 AND epoch = ?2 RETURNING attempt",
+		     "WHERE id = ?1 AND epoch = ?2 RETURNING attempt, dependents",
 	[S_ATTEMPT_CLOSE] = "UPDATE attempts SET finished = ?3, outcome = ?4, error = ?5 "
 			    "WHERE job = ?1 AND attempt = ?2",
 	[S_DEPENDENTS] = "SELECT j.id, j.when_always, j.state, j.name FROM job_needs n "
@@ -477,6 +479,10 @@ static int sq_submit(struct queue *q, const struct q_submit *sub, int64_t *submi
 			st = stmt(s, S_NEED_INSERT);
 			sqlite3_bind_int64(st, 1, job_ids[i]);
 			sqlite3_bind_int64(st, 2, job_ids[j->needs[k]]);
+			if ((rc = exec_stmt(s, st)))
+				goto fail;
+			st = stmt(s, S_DEPENDENT_ADD);
+			sqlite3_bind_int64(st, 1, job_ids[j->needs[k]]);
 			if ((rc = exec_stmt(s, st)))
 				goto fail;
 		}
@@ -1055,6 +1061,7 @@ static int sq_finish(struct queue *q, int64_t job, int64_t epoch, const struct q
 		return rc;
 	}
 	int attempt = sqlite3_column_int(st, 0);
+	int64_t dependents = sqlite3_column_int64(st, 1);
 	done_stmt(st);
 	rc = 0;
 	if (f->close_attempt && attempt > 0) {
@@ -1067,7 +1074,7 @@ static int sq_finish(struct queue *q, int64_t job, int64_t epoch, const struct q
 		if ((rc = exec_stmt(s, st)))
 			return rc;
 	}
-	if (job_state_final(f->state))
+	if (job_state_final(f->state) && dependents > 0)
 		rc = release_dependents(s, job, strcmp(f->state, JS_SUCCEEDED) == 0, f->now,
 					skipped_cb, arg);
 	return rc;

@@ -30,6 +30,7 @@ CREATE TABLE jobs (
   retry         INTEGER NOT NULL DEFAULT -1, -- re-run after an interrupted attempt: -1 kind default
   when_always   INTEGER NOT NULL DEFAULT 0,
   deps_pending  INTEGER NOT NULL DEFAULT 0,
+  dependents    INTEGER NOT NULL DEFAULT 0,  -- jobs that need this one
   epoch         INTEGER NOT NULL DEFAULT 0,  -- fencing token, bumped by every claim
   lease_owner   TEXT,
   lease_expires INTEGER,

@@ -514,6 +514,8 @@ static void finish_write(struct job_run *jr)
 	}
 	if (strcmp(f->state, JS_QUEUED) == 0 && !f->close_attempt)
 		log_info(jr->op, jr->id, "checkpointed before step %d; will resume", jr->cur + 1);
+	else if (strcmp(f->state, JS_SUCCEEDED) == 0)
+		log_debug(jr->op, jr->id, "job succeeded"); /* the common case: not logged by default */
 	else
 		log_info(jr->op, jr->id, "job %s%s%s", f->state, f->error ? ": " : "",
 			 f->error ? f->error : "");
