@@ -84,6 +84,14 @@
  * (how many jobs are in each state; running_here counts this node's runs) */
 #define BG_M_JOB_STATS "job.stats"
 
+/* image.list {} -> { images: [IMAGE] }
+ * image.show { image: str (ref or sha256: digest) } -> IMAGE
+ * image.rm { image: str } -> { digest: str }  (refused while a VM uses it;
+ *   removes the row, its refs and the rootfs file) */
+#define BG_M_IMAGE_LIST "image.list"
+#define BG_M_IMAGE_SHOW "image.show"
+#define BG_M_IMAGE_RM "image.rm"
+
 /* oplog { job: int } -> { job: JOB, attempts: [ATTEMPT] } */
 #define BG_M_OPLOG "oplog"
 
@@ -100,6 +108,9 @@
  *              stream "stdout" / "stderr": data bin (raw output bytes)
  *              stream "log":   data str
  *              stream "progress": data map (kind-specific)
+ * IMAGE      { digest, refs: [str], rootfs: str, size: int (bytes of rootfs.ext4),
+ *              content: int (bytes of the layers), config: str?, layers: [str],
+ *              source: str, created: int, job: int?, used_by: [str] (VM names) }
  * ATTEMPT    { attempt, epochs: [int], op, node, started, finished?, outcome?,
  *              error?, steps: [STEP] }
  * STEP       { seq, name, state, undo: any, result: any, error?, started,

@@ -42,6 +42,19 @@ void q_step_release(struct q_step *s)
 	memset(s, 0, sizeof(*s));
 }
 
+void q_image_release(struct q_image *img)
+{
+	free(img->digest);
+	free(img->rootfs);
+	free(img->config);
+	free(img->source);
+	free(img->layers);
+	for (size_t i = 0; i < img->nrefs; i++)
+		free(img->refs[i]);
+	free(img->refs);
+	memset(img, 0, sizeof(*img));
+}
+
 void q_attempt_release(struct q_attempt *a)
 {
 	free(a->op);

@@ -112,6 +112,17 @@ struct q_attempt {
 };
 void q_attempt_release(struct q_attempt *a);
 
+/* An image pulled by image.pull (schema/002_images.sql). */
+struct q_image {
+	char *digest, *rootfs, *config, *source;
+	int64_t size, content, created, job;
+	char *layers; /* msgpack array of layer digests */
+	size_t layers_len;
+	char **refs; /* the refs naming it (image_get/image_list only) */
+	size_t nrefs;
+};
+void q_image_release(struct q_image *img);
+
 struct q_claim_limit {
 	const char *kind;
 	int slots; /* > 0 */
@@ -223,6 +234,15 @@ struct queue_ops {
 		     void *arg);
 	/* Jobs this node holds: running or rolling_back with lease_owner = node. */
 	int (*held)(struct queue *q, const char *node, q_job_cb cb, void *arg);
+
+	/* images: put inserts or replaces the image and points ref at it (ref
+	 * may be NULL); get finds by ref or by digest (BG_ERR_NOENT); delete
+	 * removes the row and its refs. */
+	int (*image_put)(struct queue *q, const struct q_image *img, const char *ref, int64_t now);
+	int (*image_get)(struct queue *q, const char *ref_or_digest, struct q_image *out);
+	int (*image_list)(struct queue *q, int (*cb)(const struct q_image *img, void *arg),
+			  void *arg);
+	int (*image_delete)(struct queue *q, const char *digest);
 
 	/* events: seq assigned as the job's next; *seq_out may be NULL */
 	int (*event_append)(struct queue *q, int64_t job, int64_t ts, const char *stream,

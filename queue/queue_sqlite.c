@@ -76,6 +76,14 @@ enum stmt_id {
 	S_EVENT_APPEND,
 	S_EVENT_MAX,
 	S_EVENTS_READ,
+	S_IMAGE_PUT,
+	S_IMAGE_REF_PUT,
+	S_IMAGE_BY_DIGEST,
+	S_IMAGE_BY_REF,
+	S_IMAGE_LIST,
+	S_IMAGE_REFS,
+	S_IMAGE_DELETE,
+	S_IMAGE_REFS_DELETE,
 	S_NODE_GET,
 	S_NODE_UPSERT,
 	S_NODE_STOP,
@@ -90,6 +98,7 @@ enum stmt_id {
 	"j.created, j.started, j.finished, j.lease_owner, j.lease_expires, j.exit_code, "         \
 	"j.error, j.result, s.idem_key, j.rollback_reason"
 #define JOB_FROM " FROM jobs j JOIN submissions s ON s.id = j.submission "
+#define IMAGE_COLS "digest, rootfs, size, content, config, layers, source, created, job"
 /* the same columns from a RETURNING clause (no join: the key reads NULL) */
 #define JOB_COLS_ROW                                                                              \
 	"id, submission, name, kind, state, params, priority, attempt, failures, max_attempts, "  \
@@ -193,6 +202,16 @@ static const char *const sql[S_COUNT] = {
 	[S_EVENT_MAX] = "SELECT MAX(seq) FROM events WHERE job = ?1",
 	[S_EVENTS_READ] = "SELECT seq, ts, stream, data FROM events WHERE job = ?1 AND seq >= ?2 "
 			  "ORDER BY seq LIMIT ?3",
+	[S_IMAGE_PUT] = "INSERT OR REPLACE INTO images(digest, rootfs, size, content, config, layers, "
+			"source, created, job) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+	[S_IMAGE_REF_PUT] = "INSERT OR REPLACE INTO image_refs(ref, digest, updated) VALUES (?1, ?2, ?3)",
+	[S_IMAGE_BY_DIGEST] = "SELECT " IMAGE_COLS " FROM images WHERE digest = ?1",
+	[S_IMAGE_BY_REF] = "SELECT " IMAGE_COLS " FROM images "
+			   "WHERE digest = (SELECT digest FROM image_refs WHERE ref = ?1)",
+	[S_IMAGE_LIST] = "SELECT " IMAGE_COLS " FROM images ORDER BY created",
+	[S_IMAGE_REFS] = "SELECT ref FROM image_refs WHERE digest = ?1 ORDER BY ref",
+	[S_IMAGE_DELETE] = "DELETE FROM images WHERE digest = ?1",
+	[S_IMAGE_REFS_DELETE] = "DELETE FROM image_refs WHERE digest = ?1",
 	[S_NODE_GET] = "SELECT clean_stop FROM nodes WHERE id = ?1",
 	[S_NODE_UPSERT] = "INSERT INTO nodes(id, pid, started, heartbeat, clean_stop) "
 			  "VALUES (?1, ?2, ?3, ?3, 0) ON CONFLICT(id) DO UPDATE SET pid = ?2, "
@@ -1240,6 +1259,134 @@ static int sq_events_read(struct queue *q, int64_t job, int64_t from_seq, int li
 	return out;
 }
 
+/* ---- images ------------------------------------------------------------ */
+
+static int sq_image_put(struct queue *q, const struct q_image *img, const char *ref, int64_t now)
+{
+	struct sq *s = SQ(q);
+	int rc = write_begin(s);
+	if (rc)
+		return rc;
+	sqlite3_stmt *st = stmt(s, S_IMAGE_PUT);
+	bind_text(st, 1, img->digest);
+	bind_text(st, 2, img->rootfs);
+	sqlite3_bind_int64(st, 3, img->size);
+	sqlite3_bind_int64(st, 4, img->content);
+	bind_text(st, 5, img->config);
+	bind_blob(st, 6, img->layers, img->layers_len);
+	bind_text(st, 7, img->source);
+	sqlite3_bind_int64(st, 8, img->created ? img->created : now);
+	sqlite3_bind_int64(st, 9, img->job);
+	if ((rc = exec_stmt(s, st)) || !ref)
+		return rc;
+	st = stmt(s, S_IMAGE_REF_PUT);
+	bind_text(st, 1, ref);
+	bind_text(st, 2, img->digest);
+	sqlite3_bind_int64(st, 3, now);
+	return exec_stmt(s, st);
+}
+
+static void read_image(struct sq *s, sqlite3_stmt *st, struct q_image *img)
+{
+	memset(img, 0, sizeof(*img));
+	img->digest = col_text(st, 0);
+	img->rootfs = col_text(st, 1);
+	img->size = sqlite3_column_int64(st, 2);
+	img->content = sqlite3_column_int64(st, 3);
+	img->config = col_text(st, 4);
+	img->layers = col_blob(st, 5, &img->layers_len);
+	img->source = col_text(st, 6);
+	img->created = sqlite3_column_int64(st, 7);
+	img->job = sqlite3_column_int64(st, 8);
+	sqlite3_stmt *r = stmt(s, S_IMAGE_REFS);
+	bind_text(r, 1, img->digest);
+	size_t cap = 0;
+	while (sqlite3_step(r) == SQLITE_ROW) {
+		if (img->nrefs == cap) {
+			cap = cap ? cap * 2 : 4;
+			img->refs = xrealloc(img->refs, cap * sizeof(*img->refs));
+		}
+		img->refs[img->nrefs++] = col_text(r, 0);
+	}
+	done_stmt(r);
+}
+
+static int sq_image_get(struct queue *q, const char *key, struct q_image *out)
+{
+	struct sq *s = SQ(q);
+	bool by_digest = strncmp(key, "sha256:", 7) == 0;
+	sqlite3_stmt *st = stmt(s, by_digest ? S_IMAGE_BY_DIGEST : S_IMAGE_BY_REF);
+	bind_text(st, 1, key);
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		/* read_image runs a second statement: copy this row first */
+		struct q_image img;
+		memset(&img, 0, sizeof(img));
+		img.digest = col_text(st, 0);
+		done_stmt(st);
+		st = stmt(s, S_IMAGE_BY_DIGEST);
+		bind_text(st, 1, img.digest);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			read_image(s, st, out);
+			done_stmt(st);
+			free(img.digest);
+			return 0;
+		}
+		free(img.digest);
+	}
+	rc = rc == SQLITE_DONE || rc == SQLITE_ROW ? BG_ERR_NOENT : map_rc(s, rc);
+	done_stmt(st);
+	if (rc == BG_ERR_NOENT)
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "no image '%s'", key);
+	return rc;
+}
+
+static int sq_image_list(struct queue *q, int (*cb)(const struct q_image *, void *), void *arg)
+{
+	struct sq *s = SQ(q);
+	/* collect the digests first: read_image needs its own statement */
+	sqlite3_stmt *st = stmt(s, S_IMAGE_LIST);
+	char **digests = NULL;
+	size_t n = 0, cap = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			digests = xrealloc(digests, cap * sizeof(*digests));
+		}
+		digests[n++] = col_text(st, 0);
+	}
+	done_stmt(st);
+	int out = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct q_image img;
+		if (!out && sq_image_get(q, digests[i], &img) == 0) {
+			out = cb(&img, arg);
+			q_image_release(&img);
+		}
+		free(digests[i]);
+	}
+	free(digests);
+	return out;
+}
+
+static int sq_image_delete(struct queue *q, const char *digest)
+{
+	struct sq *s = SQ(q);
+	int rc = write_begin(s);
+	if (rc)
+		return rc;
+	sqlite3_stmt *st = stmt(s, S_IMAGE_REFS_DELETE);
+	bind_text(st, 1, digest);
+	if ((rc = exec_stmt(s, st)))
+		return rc;
+	st = stmt(s, S_IMAGE_DELETE);
+	bind_text(st, 1, digest);
+	if ((rc = exec_stmt(s, st)))
+		return rc;
+	return sqlite3_changes(s->db) ? 0 : BG_ERR_NOENT;
+}
+
 /* ---- open / close ------------------------------------------------------ */
 
 static void sq_close(struct queue *q)
@@ -1292,6 +1439,10 @@ static const struct queue_ops sqlite_ops = {
 	.job_needs = sq_job_needs,
 	.held = sq_held,
 	.stats = sq_stats,
+	.image_put = sq_image_put,
+	.image_get = sq_image_get,
+	.image_list = sq_image_list,
+	.image_delete = sq_image_delete,
 	.event_append = sq_event_append,
 	.events_read = sq_events_read,
 };

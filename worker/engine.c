@@ -678,6 +678,19 @@ static void after_do(uv_work_t *w, int status)
 		run_release(jr);
 		return;
 	}
+	if (rc == 0 && sd->record) {
+		msgpack_unpacked res;
+		size_t off = 0;
+		msgpack_unpacked_init(&res);
+		bool have = jr->result_buf.size &&
+			    msgpack_unpack_next(&res, jr->result_buf.data, jr->result_buf.size, &off) ==
+				    MSGPACK_UNPACK_SUCCESS;
+		rc = sd->record(&jr->ctx, E.q, have ? &res.data : NULL);
+		msgpack_unpacked_destroy(&res);
+		if (rc && !jr->errbuf[0])
+			step_fail(&jr->ctx, rc, false, "cannot record the step's result: %s (%s)",
+				  bg_strerror(rc), E.q->errmsg);
+	}
 	if (rc == 0) {
 		free(jr->res[idx]);
 		jr->res[idx] = NULL;

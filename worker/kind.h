@@ -45,6 +45,7 @@ struct kind_field {
 };
 
 struct step_ctx; /* engine.h */
+struct queue;    /* queue.h */
 
 struct step_def {
 	const char *name;
@@ -56,6 +57,11 @@ struct step_def {
 	/* Pool thread.  May be NULL for steps that acquire nothing. */
 	int (*undo)(struct step_ctx *ctx, const msgpack_object *undo_record);
 	bool resumable;
+	/* Loop thread, optional: after do succeeded, write what the step made
+	 * to the queue (an images row, a vms row) in the same transaction as
+	 * the step's `done`, so both are stored or neither.  result is what do
+	 * packed (NULL if nothing).  0 or a BG_ERR_* that fails the step. */
+	int (*record)(struct step_ctx *ctx, struct queue *q, const msgpack_object *result);
 };
 
 struct kind {

@@ -788,6 +788,154 @@ static void m_stats(struct conn *c, uint32_t id, const msgpack_object *params)
 	reply_end(c, &r);
 }
 
+/* ---- images ------------------------------------------------------------- */
+
+static void pack_image(msgpack_packer *pk, const struct q_image *img)
+{
+	msgpack_pack_map(pk, 11);
+	mpk_kv_str(pk, "digest", img->digest);
+	mpk_pack_str(pk, "refs");
+	msgpack_pack_array(pk, img->nrefs);
+	for (size_t i = 0; i < img->nrefs; i++)
+		mpk_pack_str(pk, img->refs[i]);
+	mpk_kv_str(pk, "rootfs", img->rootfs);
+	mpk_kv_int(pk, "size", img->size);
+	mpk_kv_int(pk, "content", img->content);
+	mpk_kv_str(pk, "config", img->config);
+	if (img->layers && img->layers_len)
+		mpk_kv_raw(pk, "layers", img->layers, img->layers_len);
+	else {
+		mpk_pack_str(pk, "layers");
+		msgpack_pack_array(pk, 0);
+	}
+	mpk_kv_str(pk, "source", img->source);
+	mpk_kv_int(pk, "created", img->created);
+	if (img->job)
+		mpk_kv_int(pk, "job", img->job);
+	else
+		mpk_kv_nil(pk, "job");
+	/* VMs are not built yet: nothing uses an image */
+	mpk_pack_str(pk, "used_by");
+	msgpack_pack_array(pk, 0);
+}
+
+static int count_image_cb(const struct q_image *img, void *arg)
+{
+	((struct counter *)arg)->n++;
+	return 0;
+}
+
+static int pack_image_cb(const struct q_image *img, void *arg)
+{
+	pack_image(arg, img);
+	return 0;
+}
+
+static void m_image_list(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	struct counter cnt = {0};
+	int rc = S.q->ops->image_list(S.q, count_image_cb, &cnt);
+	if (rc) {
+		reply_error(c, id, rc, "cannot list images: %s", S.q->errmsg);
+		return;
+	}
+	struct reply r;
+	reply_begin(&r, id);
+	msgpack_pack_map(&r.pk, 1);
+	mpk_pack_str(&r.pk, "images");
+	msgpack_pack_array(&r.pk, cnt.n);
+	S.q->ops->image_list(S.q, pack_image_cb, &r.pk);
+	reply_end(c, &r);
+}
+
+/* The image named by params' "image" (ref or digest), or an error reply. */
+static int get_image(struct conn *c, uint32_t id, const msgpack_object *params,
+		     struct q_image *img)
+{
+	char *key = mpk_dup_str(params, "image");
+	if (!key || !*key) {
+		reply_error(c, id, BG_ERR_INVAL, "missing 'image' (a ref or a sha256: digest)");
+		free(key);
+		return BG_ERR_INVAL;
+	}
+	int rc = S.q->ops->image_get(S.q, key, img);
+	if (rc)
+		reply_error(c, id, rc, "no image '%s'", key);
+	free(key);
+	return rc;
+}
+
+static void m_image_show(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	struct q_image img;
+	if (get_image(c, id, params, &img))
+		return;
+	struct reply r;
+	reply_begin(&r, id);
+	pack_image(&r.pk, &img);
+	reply_end(c, &r);
+	q_image_release(&img);
+}
+
+struct image_rm_op {
+	struct conn *c;
+	uint32_t id;
+	char *digest, *rootfs;
+};
+
+static void image_rm_durable(void *arg, int rc)
+{
+	struct image_rm_op *op = arg;
+	struct conn *c = op->c;
+	c->refs--;
+	if (rc == 0 && op->rootfs) {
+		/* the row is gone for good: now the file may go */
+		unlink(op->rootfs);
+		char *slash = strrchr(op->rootfs, '/');
+		if (slash) {
+			*slash = '\0';
+			rmdir(op->rootfs);
+		}
+	}
+	if (c->closing) {
+		if (c->refs == 0)
+			conn_close(c);
+	} else if (rc) {
+		reply_error(c, op->id, rc, "image not removed: %s", bg_strerror(rc));
+	} else {
+		struct reply r;
+		reply_begin(&r, op->id);
+		msgpack_pack_map(&r.pk, 1);
+		mpk_kv_str(&r.pk, "digest", op->digest);
+		reply_end(c, &r);
+	}
+	free(op->digest);
+	free(op->rootfs);
+	free(op);
+}
+
+static void m_image_rm(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	struct q_image img;
+	if (get_image(c, id, params, &img))
+		return;
+	int rc = S.q->ops->image_delete(S.q, img.digest);
+	if (rc) {
+		reply_error(c, id, rc, "cannot remove image %s: %s", img.digest, S.q->errmsg);
+		q_image_release(&img);
+		return;
+	}
+	log_info(c->op, 0, "image %s removed", img.digest);
+	struct image_rm_op *op = xcalloc(1, sizeof(*op));
+	op->c = c;
+	op->id = id;
+	op->digest = xstrdup(img.digest);
+	op->rootfs = img.rootfs ? xstrdup(img.rootfs) : NULL;
+	c->refs++;
+	commit_after(image_rm_durable, op);
+	q_image_release(&img);
+}
+
 /* ---- tails --------------------------------------------------------------- */
 
 static void sub_free(struct sub *s)
@@ -988,6 +1136,7 @@ static const struct method {
 	{BG_M_PING, m_ping},       {BG_M_JOB_SUBMIT, m_submit}, {BG_M_JOB_LIST, m_list},
 	{BG_M_JOB_SHOW, m_show},   {BG_M_JOB_CANCEL, m_cancel}, {BG_M_JOB_RETRY, m_retry},
 	{BG_M_JOB_TAIL, m_tail},   {BG_M_OPLOG, m_oplog},       {BG_M_JOB_STATS, m_stats},
+	{BG_M_IMAGE_LIST, m_image_list}, {BG_M_IMAGE_SHOW, m_image_show}, {BG_M_IMAGE_RM, m_image_rm},
 };
 
 static void dispatch(struct conn *c, const char *body, size_t len)

@@ -46,7 +46,7 @@ static int noop_do(struct step_ctx *ctx)
 
 static const struct kind_field noop_fields[] = {{NULL}};
 static const struct step_def noop_steps[] = {
-	{"noop", noop_plan, noop_do, NULL, true},
+	{.name = "noop", .plan = noop_plan, .do_ = noop_do, .resumable = true},
 };
 static const struct kind noop_kind = {
 	"test.noop", "does nothing, durably", noop_fields, noop_steps, 1, true,
@@ -151,18 +151,18 @@ static const struct kind_field marker_fields[] = {
 	{NULL},
 };
 static const struct step_def marker_steps[] = {
-	{"s1", marker_plan, marker_do, marker_undo, true},
-	{"s2", marker_plan, marker_do, marker_undo, true},
-	{"s3", marker_plan, marker_do, marker_undo, true},
+	{.name = "s1", .plan = marker_plan, .do_ = marker_do, .undo = marker_undo, .resumable = true},
+	{.name = "s2", .plan = marker_plan, .do_ = marker_do, .undo = marker_undo, .resumable = true},
+	{.name = "s3", .plan = marker_plan, .do_ = marker_do, .undo = marker_undo, .resumable = true},
 };
 static const struct kind marker_kind = {
 	"test.marker", "creates marker files, undo moves them away", marker_fields,
 	marker_steps, 3, true,
 };
 static const struct step_def marker_once_steps[] = {
-	{"s1", marker_plan, marker_do, marker_undo, false},
-	{"s2", marker_plan, marker_do, marker_undo, false},
-	{"s3", marker_plan, marker_do, marker_undo, false},
+	{.name = "s1", .plan = marker_plan, .do_ = marker_do, .undo = marker_undo},
+	{.name = "s2", .plan = marker_plan, .do_ = marker_do, .undo = marker_undo},
+	{.name = "s3", .plan = marker_plan, .do_ = marker_do, .undo = marker_undo},
 };
 static const struct kind marker_once_kind = {
 	"test.marker_once", "test.marker with steps that cannot resume", marker_fields,
@@ -214,7 +214,7 @@ static const struct kind_field echo_fields[] = {
 	{NULL},
 };
 static const struct step_def echo_steps[] = {
-	{"run", NULL, echo_do, NULL, false},
+	{.name = "run", .do_ = echo_do},
 };
 static const struct kind echo_kind = {
 	"test.echo", "prints, sleeps and exits as told", echo_fields, echo_steps, 1, false,

@@ -48,6 +48,7 @@
 	X(queue_idempotent_submit)    \
 	X(queue_claim_slots_and_priority) \
 	X(queue_dependents_released_or_skipped) \
-	X(queue_events_sequence_per_job)
+	X(queue_events_sequence_per_job) \
+	X(queue_images_by_ref_and_digest)
 
 #endif

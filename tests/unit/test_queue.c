@@ -232,3 +232,33 @@ TEST(queue_events_sequence_per_job)
 	CHECK_EQ_INT(seq, 1);
 	q->ops->close(q);
 }
+
+TEST(queue_images_by_ref_and_digest)
+{
+	struct queue *q = open_q("images");
+	REQUIRE(q);
+	struct q_image img = {.digest = "sha256:aaaa", .rootfs = "/s/images/aaaa/rootfs.ext4",
+			      .size = 4096, .content = 1000, .source = "reg/x:1", .job = 7};
+	CHECK_EQ_INT(q->ops->image_put(q, &img, "reg/x:1", 100), 0);
+	CHECK_EQ_INT(q->ops->image_put(q, &img, "reg/x:latest", 101), 0);
+	struct q_image got;
+	REQUIRE(q->ops->image_get(q, "reg/x:latest", &got) == 0);
+	CHECK_EQ_STR(got.digest, "sha256:aaaa");
+	CHECK_EQ_INT(got.nrefs, 2);
+	CHECK_EQ_INT(got.size, 4096);
+	q_image_release(&got);
+	REQUIRE(q->ops->image_get(q, "sha256:aaaa", &got) == 0);
+	CHECK_EQ_STR(got.rootfs, "/s/images/aaaa/rootfs.ext4");
+	q_image_release(&got);
+	/* a ref moves to a new digest when the tag does */
+	struct q_image img2 = img;
+	img2.digest = "sha256:bbbb";
+	CHECK_EQ_INT(q->ops->image_put(q, &img2, "reg/x:latest", 102), 0);
+	REQUIRE(q->ops->image_get(q, "reg/x:latest", &got) == 0);
+	CHECK_EQ_STR(got.digest, "sha256:bbbb");
+	q_image_release(&got);
+	CHECK_EQ_INT(q->ops->image_delete(q, "sha256:aaaa"), 0);
+	CHECK_EQ_INT(q->ops->image_get(q, "reg/x:1", &got), BG_ERR_NOENT);
+	CHECK_EQ_INT(q->ops->image_delete(q, "sha256:aaaa"), BG_ERR_NOENT);
+	q->ops->close(q);
+}
