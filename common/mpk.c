@@ -158,3 +158,76 @@ int mpk_encode(const msgpack_object *o, char **out, size_t *len)
 	*out = msgpack_sbuffer_release(&sb);
 	return 0;
 }
+
+/*
+ * Walk the msgpack bytes without allocating: every container's declared
+ * count must fit in the bytes that are left (each element takes at least
+ * one), so that decoding cannot be asked to allocate more than O(len) (a
+ * five-byte array32 header may otherwise claim four billion elements and
+ * msgpack-c reserves room for all of them up front).  The bytes must hold
+ * exactly one object.
+ */
+int mpk_prescan(const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+	size_t i = 0;
+	uint64_t pending = 1; /* objects still to read */
+	while (pending > 0) {
+		if (i >= len || pending > len - i)
+			return BG_ERR_PROTO;
+		unsigned char c = p[i++];
+		pending--;
+		uint64_t skip = 0, add = 0;
+		size_t lenbytes = 0;
+		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+			continue;
+		if (c >= 0x80 && c <= 0x8f) {
+			add = 2u * (c & 0x0f);
+		} else if (c >= 0x90 && c <= 0x9f) {
+			add = c & 0x0f;
+		} else if (c >= 0xa0 && c <= 0xbf) {
+			skip = c & 0x1f;
+		} else {
+			switch (c) {
+			case 0xc4: case 0xd9: lenbytes = 1; break; /* bin8, str8 */
+			case 0xc5: case 0xda: lenbytes = 2; break;
+			case 0xc6: case 0xdb: lenbytes = 4; break;
+			case 0xc7: lenbytes = 1, skip = 1; break;  /* ext8: + type */
+			case 0xc8: lenbytes = 2, skip = 1; break;
+			case 0xc9: lenbytes = 4, skip = 1; break;
+			case 0xca: skip = 4; break;
+			case 0xcb: skip = 8; break;
+			case 0xcc: case 0xd0: skip = 1; break;
+			case 0xcd: case 0xd1: skip = 2; break;
+			case 0xce: case 0xd2: skip = 4; break;
+			case 0xcf: case 0xd3: skip = 8; break;
+			case 0xd4: skip = 2; break; /* fixext1: type + 1 */
+			case 0xd5: skip = 3; break;
+			case 0xd6: skip = 5; break;
+			case 0xd7: skip = 9; break;
+			case 0xd8: skip = 17; break;
+			case 0xdc: case 0xde: lenbytes = 2; break;
+			case 0xdd: case 0xdf: lenbytes = 4; break;
+			default: return BG_ERR_PROTO; /* 0xc1: never used */
+			}
+			if (lenbytes) {
+				if (len - i < lenbytes)
+					return BG_ERR_PROTO;
+				uint64_t n = 0;
+				for (size_t k = 0; k < lenbytes; k++)
+					n = (n << 8) | p[i++];
+				if (c == 0xdc || c == 0xdd)
+					add = n;
+				else if (c == 0xde || c == 0xdf)
+					add = 2 * n;
+				else
+					skip += n;
+			}
+		}
+		if (skip > len - i)
+			return BG_ERR_PROTO;
+		i += (size_t)skip;
+		pending += add;
+	}
+	return i == len ? 0 : BG_ERR_PROTO;
+}

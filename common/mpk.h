@@ -39,6 +39,12 @@ void mpk_kv_nil(msgpack_packer *pk, const char *k);
 /* Pack a pre-encoded msgpack value (raw bytes) under key k; nil when len 0. */
 void mpk_kv_raw(msgpack_packer *pk, const char *k, const void *raw, size_t len);
 
+/* Check that buf holds exactly one msgpack object whose containers claim no
+ * more elements than there are bytes left, without allocating: run before
+ * msgpack-c decodes untrusted bytes (it reserves room for a container's
+ * declared count up front).  0 or BG_ERR_PROTO. */
+int mpk_prescan(const void *buf, size_t len);
+
 /* Deep-copy an object into a freshly encoded buffer (caller frees *out). */
 int mpk_encode(const msgpack_object *o, char **out, size_t *len);
 

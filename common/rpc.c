@@ -134,6 +134,8 @@ int rpc_decode(const void *body, size_t len, msgpack_unpacked *out)
 	/* msgpack's unpacker points str/bin objects into its input: copy the
 	 * body into the zone so the tree outlives the caller's buffer. */
 	msgpack_unpacked_init(out);
+	if (mpk_prescan(body, len) != 0)
+		return BG_ERR_PROTO;
 	out->zone = msgpack_zone_new(len + 256);
 	if (!out->zone)
 		return BG_ERR_NOMEM;
