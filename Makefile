@@ -48,6 +48,8 @@ ifneq ($(wildcard helper/main.c),)
 BINS += $(B)/banger-helper
 endif
 
+.DEFAULT_GOAL := all
+
 # Each subsystem with targets of its own (the helper's fuzzer, the guest
 # agent, ...) keeps them in mk/NAME.mk; they may append to BINS and TEST_DEPS.
 -include $(wildcard mk/*.mk)
@@ -96,6 +98,7 @@ test: deps
 bench: deps
 	$(MAKE) all
 	bash tests/bench/run.sh
+	@for b in tests/bench/*.sh; do [ "$$b" = tests/bench/run.sh ] || bash "$$b"; done
 
 demo: deps
 	$(MAKE) all

@@ -17,4 +17,5 @@ extern const struct args_cmd cmd_job_tail;
 extern const struct args_cmd cmd_oplog;
 extern const struct args_cmd cmd_ping;
 
+
 #endif

@@ -30,13 +30,16 @@ static const struct args_opt global_opts[] = {
 	{NULL, 0, NULL, NULL},
 };
 
+extern const struct args_cmd cmd_system_install; /* cmd_system.c */
+
 static const struct args_cmd *const commands[] = {
 	&cmd_job_submit, &cmd_job_list, &cmd_job_show, &cmd_job_cancel,
 	&cmd_job_retry,  &cmd_job_tail, &cmd_oplog,    &cmd_ping,
+	&cmd_system_install,
 };
 
 /* Top-level words: the groups and the one-word commands, plus "help". */
-static const char *const top_words[] = {"job", "oplog", "ping", "help"};
+static const char *const top_words[] = {"job", "oplog", "ping", "system", "help"};
 
 static void print_commands(FILE *f, const char *group)
 {

@@ -9,7 +9,9 @@
  * message, `file:line:col: ...` one per line, and a zeroed struct.  No globals;
  * reads the environment, so call it before starting threads that change it.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <pwd.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,7 +31,14 @@
 #define SEC 1000000LL
 #define DAY (86400 * SEC)
 
-enum ctype { CT_PATH, CT_DB, CT_INT, CT_DURATION, CT_LIMITS, CT_LEVEL };
+enum ctype {
+	CT_PATH, CT_DB, CT_INT, CT_DURATION, CT_LIMITS, CT_LEVEL,
+	CT_ID,     /* a uid or gid: int64, lo..hi */
+	CT_BRIDGE, /* a bridge name under banger's prefix */
+	CT_CIDR,   /* IPv4 a.b.c.d/n, host bits zero, n in lo..hi */
+	CT_BOOL,   /* true/false, yes/no, on/off */
+	CT_BACKEND /* "nft" | "iptables" */
+};
 
 struct ckey {
 	const char *name;
@@ -52,10 +61,57 @@ static const struct ckey keys[] = {
 	{"retry_max", CT_DURATION, OFF(retry_max_us), 0, 30 * DAY},
 	{"kind_limits", CT_LIMITS, 0, 0, 100000},
 	{"log_level", CT_LEVEL, OFF(log_level), 0, 0},
+	{"owner_uid", CT_ID, OFF(owner_uid), 0, 4294967294LL},
+	{"owner_gid", CT_ID, OFF(owner_gid), 0, 4294967294LL},
+	{"bridge", CT_BRIDGE, OFF(bridge), 0, 0},
+	{"net_range", CT_CIDR, OFF(net_range), 16, 29},
+	{"nat", CT_BOOL, OFF(nat), 0, 0},
+	{"nat_backend", CT_BACKEND, OFF(nat_backend), 0, 0},
 };
 #undef OFF
 
 static const char *const levels[] = {"debug", "info", "warn", "error"};
+static const char *const backends[] = {"nft", "iptables"};
+
+/* banger's bridge names (the helper checks the same rule, helper/proto.c):
+ * "bgbr" and up to 11 of [a-z0-9], 15 bytes in all (IFNAMSIZ - 1). */
+static bool bridge_name_ok(const char *v)
+{
+	size_t n = strlen(v);
+	if (n > 15 || strncmp(v, "bgbr", 4) != 0)
+		return false;
+	for (size_t i = 4; i < n; i++)
+		if (!((v[i] >= 'a' && v[i] <= 'z') || (v[i] >= '0' && v[i] <= '9')))
+			return false;
+	return true;
+}
+
+/* "a.b.c.d/n" with lo <= n <= hi and no host bits set: network address (host
+ * order) and prefix; false otherwise. */
+static bool parse_cidr(const char *v, int64_t lo, int64_t hi, uint32_t *net, int *prefix)
+{
+	char ip[16];
+	const char *slash = strchr(v, '/');
+	int64_t n;
+	struct in_addr a;
+	if (!slash || (size_t)(slash - v) >= sizeof(ip))
+		return false;
+	memcpy(ip, v, (size_t)(slash - v));
+	ip[slash - v] = '\0';
+	if (inet_pton(AF_INET, ip, &a) != 1 || slash[1] < '0' || slash[1] > '9')
+		return false;
+	char *end;
+	errno = 0;
+	n = strtoll(slash + 1, &end, 10);
+	if (errno || *end || n < lo || n > hi)
+		return false;
+	uint32_t h = ntohl(a.s_addr), mask = n ? ~0u << (32 - n) : 0;
+	if (h & ~mask)
+		return false;
+	*net = h;
+	*prefix = (int)n;
+	return true;
+}
 
 /* Loading state: where each key was found, and the problems so far. */
 struct loader {
@@ -245,6 +301,49 @@ static void take(struct loader *ld, struct bg_config *c, const struct ckey *k,
 				k->name, shown(vn, got));
 		break;
 	case CT_LIMITS: take_limits(ld, c, k, vn); break;
+	case CT_ID:
+		if (to_int(v, &num) && num >= k->lo && num <= k->hi)
+			*(int64_t *)((char *)c + k->off) = num;
+		else
+			problem(ld, where, "'%s' must be a numeric id between %lld and %lld, got %s",
+				k->name, (long long)k->lo, (long long)k->hi, shown(vn, got));
+		break;
+	case CT_BRIDGE:
+		if (v && bridge_name_ok(v))
+			set_str(k, c, v);
+		else
+			problem(ld, where,
+				"'%s' must be 'bgbr' followed by up to 11 of a-z and 0-9, got %s",
+				k->name, shown(vn, got));
+		break;
+	case CT_CIDR:
+		if (v && parse_cidr(v, k->lo, k->hi, &c->net_addr, &c->net_prefix))
+			set_str(k, c, v);
+		else
+			problem(ld, where,
+				"'%s' must be an IPv4 network such as '10.213.0.0/24' (prefix %lld to "
+				"%lld, no host bits set), got %s",
+				k->name, (long long)k->lo, (long long)k->hi, shown(vn, got));
+		break;
+	case CT_BOOL:
+		if (v && (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")))
+			*(bool *)((char *)c + k->off) = true;
+		else if (v && (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off")))
+			*(bool *)((char *)c + k->off) = false;
+		else
+			problem(ld, where, "'%s' must be true or false, got %s", k->name,
+				shown(vn, got));
+		break;
+	case CT_BACKEND: {
+		const char *s = v ? suggest_closest(v, backends, ARRAY_LEN(backends)) : NULL;
+		if (s && !strcmp(s, v))
+			set_str(k, c, v);
+		else
+			problem(ld, where, "'%s' must be nft or iptables, got %s%s%s%s", k->name,
+				shown(vn, got), s ? " (did you mean '" : "", s ? s : "",
+				s ? "'?)" : "");
+		break;
+	}
 	}
 }
 
@@ -360,6 +459,28 @@ static void defaults(struct bg_config *c)
 	c->retry_base_us = 1 * SEC;
 	c->retry_max_us = 300 * SEC;
 	c->log_level = xstrdup("info");
+	c->owner_uid = -1;
+	c->owner_gid = -1;
+	c->bridge = xstrdup("bgbr0");
+	c->net_range = xstrdup("10.213.0.0/24");
+	c->net_addr = (10u << 24) | (213u << 16);
+	c->net_prefix = 24;
+	c->nat = true;
+	c->nat_backend = xstrdup("nft");
+}
+
+/* owner_gid when only owner_uid was given: the owner's primary group, or the
+ * same number when the uid has no passwd entry. */
+static void default_owner_gid(struct bg_config *c)
+{
+	if (c->owner_uid < 0 || c->owner_gid >= 0)
+		return;
+	struct passwd pw, *res = NULL;
+	char buf[4096];
+	if (getpwuid_r((uid_t)c->owner_uid, &pw, buf, sizeof(buf), &res) == 0 && res)
+		c->owner_gid = res->pw_gid;
+	else
+		c->owner_gid = c->owner_uid;
 }
 
 /* Directories nobody set: the defaults for root or for a user. */
@@ -407,6 +528,13 @@ static void validate(struct loader *ld, const struct bg_config *c)
 		problem(ld, where, "'retry_max' (%lldms) must not be less than 'retry_base' (%lldms)",
 			(long long)(c->retry_max_us / 1000), (long long)(c->retry_base_us / 1000));
 	}
+	int g = key_index("owner_gid");
+	if (ld->line[g] && c->owner_uid < 0) {
+		char where[512];
+		snprintf(where, sizeof(where), "%s:%d:%d", ld->path ? ld->path : "config",
+			 ld->line[g], ld->col[g]);
+		problem(ld, where, "'owner_gid' is set but 'owner_uid' is not");
+	}
 }
 
 int config_load(const char *file, struct bg_config *out, char **errmsg)
@@ -442,6 +570,8 @@ int config_load(const char *file, struct bg_config *out, char **errmsg)
 	default_dirs(&ld, &c);
 	if (ld.nmsgs == 0)
 		validate(&ld, &c);
+	if (ld.nmsgs == 0)
+		default_owner_gid(&c);
 	if (ld.nmsgs > 0) {
 		*errmsg = sb_detach(&ld.msgs);
 		config_release(&c);
@@ -462,6 +592,9 @@ void config_release(struct bg_config *c)
 		free(c->kind_limits[i].kind);
 	free(c->kind_limits);
 	free(c->log_level);
+	free(c->bridge);
+	free(c->net_range);
+	free(c->nat_backend);
 	memset(c, 0, sizeof(*c));
 }
 

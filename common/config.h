@@ -7,6 +7,7 @@
 #ifndef BANGER_CONFIG_H
 #define BANGER_CONFIG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct kind_limit {
@@ -29,6 +30,19 @@ struct bg_config {
 	struct kind_limit *kind_limits;
 	int nkind_limits;
 	char *log_level;     /* "debug" | "info" | "warn" | "error"; "info" */
+
+	/* The root helper (helper/, docs/privileges.md).  It serves root and
+	 * owner_uid only, and acts only on the names, directories and addresses
+	 * these keys describe. */
+	int64_t owner_uid;   /* the user bangerd runs as; -1 when not set */
+	int64_t owner_gid;   /* group given by fs.chown; default: owner's primary group
+			      * (passwd), else owner_uid */
+	char *bridge;        /* banger's bridge: "bgbr" + up to 11 [a-z0-9]; "bgbr0" */
+	char *net_range;     /* IPv4 CIDR of the guests, /16../29; "10.213.0.0/24" */
+	uint32_t net_addr;   /* net_range's network address, host byte order */
+	int net_prefix;      /* and its prefix length */
+	bool nat;            /* masquerade guests out (net.nat.*); true */
+	char *nat_backend;   /* "nft" | "iptables"; "nft" */
 };
 
 /*

@@ -347,3 +347,94 @@ TEST(config_missing_file)
 	free(err);
 	env_end();
 }
+
+/* The root helper's keys (helper/, docs/privileges.md). */
+TEST(config_helper_keys)
+{
+	env_begin();
+	struct bg_config c;
+	char *err = NULL;
+	char *path = test_write_file("cfg/helper-default.yaml", "workers: 2\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK_EQ_INT(c.owner_uid, -1);
+	CHECK_EQ_INT(c.owner_gid, -1);
+	CHECK_EQ_STR(c.bridge, "bgbr0");
+	CHECK_EQ_STR(c.net_range, "10.213.0.0/24");
+	CHECK_EQ_INT(c.net_addr, 0x0ad50000);
+	CHECK_EQ_INT(c.net_prefix, 24);
+	CHECK(c.nat);
+	CHECK_EQ_STR(c.nat_backend, "nft");
+	config_release(&c);
+	free(path);
+
+	path = test_write_file("cfg/helper.yaml", "owner_uid: 4242\n"
+						  "owner_gid: 4343\n"
+						  "bridge: bgbrtest7\n"
+						  "net_range: 172.30.8.0/22\n"
+						  "nat: off\n"
+						  "nat_backend: iptables\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK_EQ_INT(c.owner_uid, 4242);
+	CHECK_EQ_INT(c.owner_gid, 4343);
+	CHECK_EQ_STR(c.bridge, "bgbrtest7");
+	CHECK_EQ_STR(c.net_range, "172.30.8.0/22");
+	CHECK_EQ_INT(c.net_addr, (172u << 24) | (30u << 16) | (8u << 8));
+	CHECK_EQ_INT(c.net_prefix, 22);
+	CHECK(!c.nat);
+	CHECK_EQ_STR(c.nat_backend, "iptables");
+	config_release(&c);
+	free(path);
+
+	/* owner_gid defaults to root's primary group for uid 0 (passwd), and to
+	 * the uid itself for a uid without a passwd entry */
+	path = test_write_file("cfg/helper-root.yaml", "owner_uid: 0\nnat: yes\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK_EQ_INT(c.owner_gid, 0);
+	CHECK(c.nat);
+	config_release(&c);
+	free(path);
+	path = test_write_file("cfg/helper-nopw.yaml", "owner_uid: 3999999\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK_EQ_INT(c.owner_gid, 3999999);
+	config_release(&c);
+	free(path);
+	env_end();
+}
+
+TEST(config_helper_bad_values)
+{
+	env_begin();
+	char *path = test_write_file("cfg/helper-bad.yaml", "owner_uid: -1\n"
+							    "bridge: br0\n"
+							    "net_range: 10.213.0.1/24\n"
+							    "nat: maybe\n"
+							    "nat_backend: nftt\n");
+	expect_config_error(
+		path,
+		"@:1:12: 'owner_uid' must be a numeric id between 0 and 4294967294, got '-1'\n"
+		"@:2:9: 'bridge' must be 'bgbr' followed by up to 11 of a-z and 0-9, got 'br0'\n"
+		"@:3:12: 'net_range' must be an IPv4 network such as '10.213.0.0/24' (prefix 16 to 29, "
+		"no host bits set), got '10.213.0.1/24'\n"
+		"@:4:6: 'nat' must be true or false, got 'maybe'\n"
+		"@:5:14: 'nat_backend' must be nft or iptables, got 'nftt' (did you mean 'nft'?)",
+		__LINE__);
+	free(path);
+
+	path = test_write_file("cfg/helper-bad2.yaml", "bridge: bgbr_toolongname0\n"
+							     "net_range: 10.0.0.0/8\n"
+							     "owner_uid: ci\n");
+	expect_config_error(
+		path,
+		"@:1:9: 'bridge' must be 'bgbr' followed by up to 11 of a-z and 0-9, got "
+		"'bgbr_toolongname0'\n"
+		"@:2:12: 'net_range' must be an IPv4 network such as '10.213.0.0/24' (prefix 16 to 29, "
+		"no host bits set), got '10.0.0.0/8'\n"
+		"@:3:12: 'owner_uid' must be a numeric id between 0 and 4294967294, got 'ci'",
+		__LINE__);
+	free(path);
+
+	path = test_write_file("cfg/helper-gid.yaml", "owner_gid: 10\n");
+	expect_config_error(path, "@:1:1: 'owner_gid' is set but 'owner_uid' is not", __LINE__);
+	free(path);
+	env_end();
+}

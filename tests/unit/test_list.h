@@ -42,6 +42,21 @@
 	X(config_unknown_key)         \
 	X(config_bad_values)          \
 	X(config_missing_file)        \
+	X(config_helper_keys)         \
+	X(config_helper_bad_values)   \
+	/* tests/unit/test_helper.c */ \
+	X(helper_frame_len)           \
+	X(helper_prescan_bounds_allocation) \
+	X(helper_tap_names)           \
+	X(helper_bridge_and_dm_names) \
+	X(helper_addresses_in_range)  \
+	X(helper_paths_under_bangers_dirs) \
+	X(helper_devices_and_signals) \
+	X(helper_envelope_strict)     \
+	X(helper_params_exact_fields) \
+	X(helper_policy_checked)      \
+	X(helper_inverse_table)       \
+	X(helper_plan_record)         \
 	/* tests/unit/test_queue.c */  \
 	X(queue_migrations_applied)   \
 	X(queue_fencing_by_epoch)     \
@@ -49,6 +64,6 @@
 	X(queue_claim_slots_and_priority) \
 	X(queue_dependents_released_or_skipped) \
 	X(queue_events_sequence_per_job) \
-	X(queue_images_by_ref_and_digest)
+	X(queue_images_by_ref_and_digest) \
 
 #endif
