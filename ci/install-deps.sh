@@ -5,7 +5,7 @@
 # what is missing.  Needs root (or sudo).
 set -eu
 PKGS="build-essential pkg-config libuv1-dev libmsgpack-dev libsqlite3-dev libyaml-dev
-libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev e2fslibs-dev libnl-3-dev
+libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev libext2fs-dev libnl-3-dev
 libnl-route-3-dev libdevmapper-dev sqlite3 jq python3 bc util-linux procps"
 # subsystems list what they need beyond this in ci/deps/*.txt (one package
 # per line, # comments)

@@ -65,5 +65,14 @@
 	X(queue_dependents_released_or_skipped) \
 	X(queue_events_sequence_per_job) \
 	X(queue_images_by_ref_and_digest) \
+	/* tests/unit/test_imgsrc.c */ \
+	X(imgsrc_ref_parse)           \
+	X(imgsrc_ref_errors)          \
+	X(imgsrc_source_refs)         \
+	X(imgsrc_www_authenticate)    \
+	X(imgsrc_credentials_file)    \
+	X(imgsrc_loopback_hosts)      \
+	X(imgsrc_blobstore_verify_and_resume) \
+	X(imgsrc_blobstore_prune)     \
 
 #endif
