@@ -74,5 +74,16 @@
 	X(imgsrc_loopback_hosts)      \
 	X(imgsrc_blobstore_verify_and_resume) \
 	X(imgsrc_blobstore_prune)     \
+	/* tests/unit/test_rootfs.c */ \
+	X(rootfs_path_clean_ok)       \
+	X(rootfs_path_clean_refused)  \
+	X(rootfs_whiteout_names)      \
+	X(rootfs_media_types)         \
+	X(rootfs_tree_whiteouts_and_opaque) \
+	X(rootfs_tree_whiteouts_spare_their_own_layer) \
+	X(rootfs_tree_replace_rules)  \
+	X(rootfs_tree_symlinked_parents_stay_inside) \
+	X(rootfs_tree_hardlinks)      \
+	X(rootfs_tree_finish_numbers_and_lost_found)
 
 #endif
