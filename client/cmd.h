@@ -16,6 +16,8 @@ extern const struct args_cmd cmd_job_retry;
 extern const struct args_cmd cmd_job_tail;
 extern const struct args_cmd cmd_oplog;
 extern const struct args_cmd cmd_ping;
-
+extern const struct args_cmd cmd_image_list; /* cmd_image.c */
+extern const struct args_cmd cmd_image_show;
+extern const struct args_cmd cmd_image_rm;
 
 #endif

@@ -35,11 +35,11 @@ extern const struct args_cmd cmd_system_install; /* cmd_system.c */
 static const struct args_cmd *const commands[] = {
 	&cmd_job_submit, &cmd_job_list, &cmd_job_show, &cmd_job_cancel,
 	&cmd_job_retry,  &cmd_job_tail, &cmd_oplog,    &cmd_ping,
-	&cmd_system_install,
+	&cmd_system_install, &cmd_image_list, &cmd_image_show, &cmd_image_rm,
 };
 
 /* Top-level words: the groups and the one-word commands, plus "help". */
-static const char *const top_words[] = {"job", "oplog", "ping", "system", "help"};
+static const char *const top_words[] = {"job", "image", "oplog", "ping", "system", "help"};
 
 static void print_commands(FILE *f, const char *group)
 {
