@@ -111,9 +111,10 @@ deps:
 # build/asan/; `make test` runs the unit tests and the core integration
 # tests against them too.
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+ASAN_BINS := bangerd-test banger unit-tests $(ASAN_EXTRA)
 asan:
 	$(MAKE) B=build/asan OPT="-O1 -g" SANFLAGS="$(ASAN_FLAGS)" \
-		build/asan/bangerd-test build/asan/banger build/asan/unit-tests
+		$(addprefix build/asan/,$(ASAN_BINS))
 
 clean:
 	rm -rf $(B)

@@ -639,6 +639,7 @@ static void ctx_setup(struct job_run *jr, int idx)
 	jr->ctx.seq = idx + 1;
 	jr->ctx.op = jr->op;
 	jr->ctx.job_dir = jr->job_dir;
+	jr->ctx.state_dir = E.o.state_dir;
 	jr->ctx.params = &jr->params.data;
 	jr->ctx.run = jr;
 	jr->result_buf.size = 0;

@@ -27,6 +27,7 @@ struct step_ctx {
 	int seq; /* 1-based position of the step in its kind's table */
 	const char *op;
 	const char *job_dir;          /* STATE_DIR/jobs/ID, created on demand */
+	const char *state_dir;        /* STATE_DIR */
 	const msgpack_object *params; /* the job's fields (a map; never NULL) */
 	msgpack_packer result;        /* do_ may pack exactly one value */
 	struct job_run *run;          /* the engine's; do not touch */

@@ -31,6 +31,11 @@ const struct kind *kinds_find(const char *name)
 	return kinds_findn(name, strlen(name));
 }
 
+void kinds_register_shipped(void)
+{
+	kinds_register(&kind_image_pull);
+}
+
 const struct kind *kinds_at(size_t i)
 {
 	return i < nkinds ? kinds[i] : NULL;

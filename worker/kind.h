@@ -85,5 +85,10 @@ const struct kind *kinds_findn(const char *name, size_t len);
 const struct kind *kinds_at(size_t i);
 /* Defined once per binary: registers every kind that binary runs. */
 void kinds_register_all(void);
+/* The kinds an installed bangerd runs (kind_*.c); both bangerd and the
+ * test daemon call it from their kinds_register_all. */
+void kinds_register_shipped(void);
+
+extern const struct kind kind_image_pull; /* kind_image.c */
 
 #endif

@@ -1,11 +1,11 @@
 /*
- * kinds_shipped.c: the job kinds the installed bangerd runs.  The real kinds
- * (image.pull, vm.create, vm.exec, workspace.export, vm.delete) register here
- * as they land; until then the shipped daemon runs none and answers submits
- * of them with "unknown kind".
+ * kinds_shipped.c: the job kinds the installed bangerd runs: the shipped
+ * ones (kinds_register_shipped, kind.c) and nothing else.  The test daemon
+ * links tests/kinds/ instead of this file and adds its test kinds.
  */
 #include "kind.h"
 
 void kinds_register_all(void)
 {
+	kinds_register_shipped();
 }

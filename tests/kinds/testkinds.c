@@ -222,6 +222,7 @@ static const struct kind echo_kind = {
 
 void kinds_register_all(void)
 {
+	kinds_register_shipped();
 	kinds_register(&noop_kind);
 	kinds_register(&marker_kind);
 	kinds_register(&marker_once_kind);
