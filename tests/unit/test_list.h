@@ -6,6 +6,18 @@
 #define BANGER_TEST_LIST_H
 
 #define TEST_LIST(X)                  \
+	/* tests/unit/test_agent.c */  \
+	X(agent_proto_exec_roundtrip) \
+	X(agent_proto_header_checks)  \
+	X(agent_proto_exec_refusals)  \
+	X(agent_proto_exit_and_error) \
+	X(agent_proto_sync_find)      \
+	X(agent_proto_fuzz)           \
+	X(agent_host_exec_stream_and_exit) \
+	X(agent_host_start_error)     \
+	X(agent_host_refuses_garbage) \
+	X(agent_host_handshake)       \
+	X(agent_host_timeout_kills)   \
 	/* tests/unit/test_spec.c */  \
 	X(spec_minimal)               \
 	X(spec_name)                  \

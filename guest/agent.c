@@ -1,0 +1,1105 @@
+/*
+ * agent.c: banger-agent, the guest's PID 1 and its request server.
+ *
+ * As PID 1 (inside a banger VM) it runs init.c's steps (mounts, modules, the
+ * root switch, the network), then serves the protocol of agent_proto.h on
+ * the virtio-serial port named banger.agent (found by reading the name
+ * files under /sys/class/virtio-ports: there is no udev in the guest) and
+ * on vsock port AP_VSOCK_PORT when the guest has a vsock device
+ * (Firecracker).  Run as any
+ * other pid with --listen PATH it serves a Unix socket instead and skips the
+ * init steps: the tests use that to exercise the protocol without a VM.
+ *
+ * DESIGN.  One thread, one poll loop, no blocking I/O on the host link: the
+ * agent always keeps reading requests, so the host can never deadlock it.
+ * Each connection is a session with an input buffer and an output buffer;
+ * while a session's output buffer holds more than TX_HIGH bytes the agent
+ * stops reading the pipes of that session's commands, so a host that reads
+ * slowly slows the commands down instead of filling the guest's memory.
+ * Each command runs in its own session and process group (setsid); SIGNAL
+ * goes to the group.  SIGCHLD arrives through a signalfd; every child is
+ * reaped, commands and orphans alike.  A command's EXIT frame is sent after
+ * its pipes are drained, so it always follows all of its output; output a
+ * background grandchild writes after the command itself exited is dropped.
+ * When the host goes away (or resyncs) the commands it started are killed:
+ * nobody could collect their output or status any more.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/vm_sockets.h>
+
+#include "agent_proto.h"
+#include "err.h"
+#include "init.h"
+
+#define AGENT_NAME "banger-agent 1"
+#define TX_HIGH (1u << 20)
+#define RX_MAX (AP_HDR_LEN + AP_MAX_PAYLOAD + AP_SYNC_LEN)
+#define PORT_RECHECK_MS 25
+
+enum sess_kind { S_PORT, S_STREAM };
+
+struct session {
+	struct session *next;
+	enum sess_kind kind;
+	int fd;
+	bool connected; /* port: the host has the other end open */
+	bool discard;   /* after a bad frame: drop input until SYNC */
+	bool dead;      /* stream closed; freed by the sweep */
+	unsigned char *rx;
+	size_t rxlen, rxcap;
+	unsigned char *tx;
+	size_t txoff, txlen, txcap;
+	unsigned long bad_frames;
+};
+
+struct exec {
+	struct exec *next;
+	struct session *s; /* NULL: orphaned, output dropped, no EXIT sent */
+	uint32_t id;
+	pid_t pid;         /* also the process group id */
+	int in_fd, out_fd, err_fd;
+	unsigned char *in;
+	size_t inoff, inlen;
+	bool in_close;     /* close stdin once the buffer is written */
+	bool exited;
+	int status;
+	bool done;         /* freed by the sweep */
+};
+
+static struct session *sessions;
+static struct exec *execs;
+static int sig_fd = -1;
+static int vsock_fd = -1, unix_fd = -1;
+static bool is_pid1;
+static bool quitting;
+static long long ready_ms;
+static unsigned char iobuf[AP_CHUNK];
+
+/* ---- output to the host ---- */
+
+static void tx_add(struct session *s, const void *p, size_t n)
+{
+	if (!s || s->dead || (s->kind == S_PORT && !s->connected))
+		return;
+	if (s->txoff && s->txoff == s->txlen)
+		s->txoff = s->txlen = 0;
+	if (s->txlen + n > s->txcap) {
+		if (s->txoff) {
+			memmove(s->tx, s->tx + s->txoff, s->txlen - s->txoff);
+			s->txlen -= s->txoff;
+			s->txoff = 0;
+		}
+		if (s->txlen + n > s->txcap) {
+			size_t cap = s->txcap ? s->txcap : 65536;
+			while (cap < s->txlen + n)
+				cap *= 2;
+			unsigned char *t = realloc(s->tx, cap);
+			if (!t) {
+				agent_log("out of memory for output; dropping %zu bytes", n);
+				return;
+			}
+			s->tx = t;
+			s->txcap = cap;
+		}
+	}
+	memcpy(s->tx + s->txlen, p, n);
+	s->txlen += n;
+}
+
+static size_t tx_pending(const struct session *s)
+{
+	return s->txlen - s->txoff;
+}
+
+static void tx_buf(struct session *s, struct ap_buf *b)
+{
+	if (ap_end(b) == 0)
+		tx_add(s, b->data, b->len);
+	ap_buf_release(b);
+}
+
+static void send_raw(struct session *s, uint8_t type, uint32_t id, const void *p, size_t n)
+{
+	unsigned char h[AP_HDR_LEN];
+	ap_hdr_pack(h, type, id, (uint32_t)n);
+	tx_add(s, h, sizeof(h));
+	tx_add(s, p, n);
+}
+
+static void send_error(struct session *s, uint32_t id, int req, int code, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+static void send_error(struct session *s, uint32_t id, int req, int code, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_ERROR, id);
+	ap_put_int(&b, AP_F_REQ, req);
+	ap_put_int(&b, AP_F_CODE, code);
+	ap_put_str(&b, AP_F_MSG, msg);
+	tx_buf(s, &b);
+}
+
+/* Write what can be written now; a write error means the host is gone. */
+static void tx_flush(struct session *s)
+{
+	while (tx_pending(s)) {
+		ssize_t n = write(s->fd, s->tx + s->txoff, tx_pending(s));
+		if (n > 0) {
+			s->txoff += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		s->txoff = s->txlen = 0; /* host gone: nobody to read it */
+		return;
+	}
+	s->txoff = s->txlen = 0;
+}
+
+/* Bounded blocking flush (before power-off). */
+static void tx_drain(struct session *s, int ms)
+{
+	for (int waited = 0; tx_pending(s) && waited < ms; waited += 10) {
+		tx_flush(s);
+		if (!tx_pending(s))
+			break;
+		struct pollfd p = {s->fd, POLLOUT, 0};
+		poll(&p, 1, 10);
+	}
+}
+
+/* ---- commands ---- */
+
+static struct exec *exec_find(struct session *s, uint32_t id)
+{
+	for (struct exec *e = execs; e; e = e->next)
+		if (e->s == s && e->id == id && !e->done)
+			return e;
+	return NULL;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+}
+
+/* The host can no longer see this command: kill its group, drop its output. */
+static void exec_orphan(struct exec *e)
+{
+	if (!e->exited)
+		kill(-e->pid, SIGKILL);
+	e->s = NULL;
+	close_fd(&e->in_fd);
+}
+
+static void session_orphan_execs(struct session *s)
+{
+	for (struct exec *e = execs; e; e = e->next)
+		if (e->s == s)
+			exec_orphan(e);
+}
+
+/* Read one chunk of a command's output pipe; frame it unless orphaned.
+ * Returns bytes read, 0 at EOF (the fd is then closed), -1 for EAGAIN. */
+static ssize_t exec_read(struct exec *e, int *fd, uint8_t type)
+{
+	ssize_t n;
+	do
+		n = read(*fd, iobuf, sizeof(iobuf));
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && errno == EAGAIN)
+		return -1;
+	if (n <= 0) {
+		close_fd(fd);
+		return 0;
+	}
+	if (e->s)
+		send_raw(e->s, type, e->id, iobuf, (size_t)n);
+	return n;
+}
+
+static void exec_finish(struct exec *e)
+{
+	/* Everything the command wrote before it exited is in the pipes. */
+	while (e->out_fd >= 0 && exec_read(e, &e->out_fd, AP_T_STDOUT) > 0) {
+	}
+	while (e->err_fd >= 0 && exec_read(e, &e->err_fd, AP_T_STDERR) > 0) {
+	}
+	close_fd(&e->out_fd);
+	close_fd(&e->err_fd);
+	close_fd(&e->in_fd);
+	if (e->s) {
+		struct ap_buf b;
+		ap_buf_init(&b);
+		ap_begin(&b, AP_T_EXIT, e->id);
+		if (WIFSIGNALED(e->status))
+			ap_put_int(&b, AP_F_SIGNO, WTERMSIG(e->status));
+		else
+			ap_put_int(&b, AP_F_CODE, WEXITSTATUS(e->status));
+		tx_buf(e->s, &b);
+	}
+	e->done = true;
+}
+
+static const char *env_get(char *const *env, const char *name)
+{
+	size_t n = strlen(name);
+	for (; *env; env++)
+		if (!strncmp(*env, name, n) && (*env)[n] == '=')
+			return *env + n + 1;
+	return NULL;
+}
+
+/* execvp with the PATH of the command's own environment.  Returns errno. */
+static int exec_path(char *const *argv, char *const *env)
+{
+	if (strchr(argv[0], '/')) {
+		execve(argv[0], argv, env);
+		return errno;
+	}
+	const char *path = env_get(env, "PATH");
+	if (!path)
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	int err = ENOENT;
+	char full[PATH_MAX];
+	while (*path) {
+		const char *end = strchr(path, ':');
+		size_t dl = end ? (size_t)(end - path) : strlen(path);
+		int n = snprintf(full, sizeof(full), "%.*s/%s", (int)dl, dl ? path : ".", argv[0]);
+		if (n > 0 && (size_t)n < sizeof(full)) {
+			execve(full, argv, env);
+			if (errno == EACCES)
+				err = EACCES;
+			else if (errno != ENOENT && errno != ENOTDIR && err != EACCES)
+				err = errno;
+		}
+		path += dl;
+		if (*path == ':')
+			path++;
+	}
+	return err;
+}
+
+/* The command's environment: defaults, overridden and extended by req. */
+static char **build_env(const struct ap_exec_req *r)
+{
+	static const char *const defaults[] = {
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root",
+	};
+	size_t nd = sizeof(defaults) / sizeof(defaults[0]);
+	char **env = calloc(nd + r->envc + 1, sizeof(char *));
+	if (!env)
+		return NULL;
+	size_t n = 0;
+	for (size_t i = 0; i < nd; i++) {
+		size_t kl = strcspn(defaults[i], "=") + 1;
+		bool overridden = false;
+		for (size_t j = 0; j < r->envc; j++)
+			if (!strncmp(r->env[j], defaults[i], kl))
+				overridden = true;
+		if (!overridden)
+			env[n++] = (char *)defaults[i];
+	}
+	for (size_t j = 0; j < r->envc; j++) {
+		/* a later entry of the same name wins */
+		size_t kl = strcspn(r->env[j], "=") + 1;
+		bool later = false;
+		for (size_t k = j + 1; k < r->envc; k++)
+			if (!strncmp(r->env[k], r->env[j], kl))
+				later = true;
+		if (!later)
+			env[n++] = r->env[j];
+	}
+	env[n] = NULL;
+	return env;
+}
+
+struct spawn_err {
+	int stage; /* 1 cwd, 2 exec, 3 setup */
+	int err;
+};
+
+static void child_fail(int fd, int stage, int err)
+{
+	struct spawn_err se = {stage, err};
+	if (write(fd, &se, sizeof(se)) < 0) {
+		/* the parent will see EOF and a 127 exit */
+	}
+	_exit(127);
+}
+
+static void set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void exec_start(struct session *s, uint32_t id, const unsigned char *p, size_t len)
+{
+	struct ap_exec_req r;
+	const char *why;
+	int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, ep[2] = {-1, -1};
+	char **env = NULL;
+	struct exec *e = NULL;
+
+	if (id == 0 || exec_find(s, id)) {
+		send_error(s, id, AP_T_EXEC, EINVAL, "exec id %u is 0 or already in use", id);
+		return;
+	}
+	int rc = ap_exec_decode(p, len, &r, &why);
+	if (rc < 0) {
+		send_error(s, id, AP_T_EXEC, rc == BG_ERR_NOMEM ? ENOMEM : EPROTO, "bad exec request: %s",
+			   why ? why : "malformed");
+		return;
+	}
+	env = build_env(&r);
+	e = calloc(1, sizeof(*e));
+	if (!env || !e) {
+		send_error(s, id, AP_T_EXEC, ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((r.stdin_pipe && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+	    pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) {
+		send_error(s, id, AP_T_EXEC, errno, "pipe: %s", strerror(errno));
+		goto out;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		send_error(s, id, AP_T_EXEC, errno, "fork: %s", strerror(errno));
+		goto out;
+	}
+	if (pid == 0) {
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		for (int sig = 1; sig < 32; sig++)
+			if (sig != SIGKILL && sig != SIGSTOP)
+				signal(sig, SIG_DFL);
+		setsid();
+		int in_fd = r.stdin_pipe ? in[0] : open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (in_fd < 0 || dup2(in_fd, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
+			child_fail(ep[1], 3, errno);
+		if (r.cwd && chdir(r.cwd) < 0)
+			child_fail(ep[1], 1, errno);
+		if (!r.cwd && chdir("/") < 0)
+			child_fail(ep[1], 1, errno);
+		child_fail(ep[1], 2, exec_path(r.argv, env));
+	}
+	close_fd(&in[0]);
+	close_fd(&out[1]);
+	close_fd(&err[1]);
+	close_fd(&ep[1]);
+	struct spawn_err se;
+	ssize_t n;
+	do
+		n = read(ep[0], &se, sizeof(se));
+	while (n < 0 && errno == EINTR);
+	if (n == (ssize_t)sizeof(se)) {
+		int st;
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+		}
+		if (se.stage == 1)
+			send_error(s, id, AP_T_EXEC, se.err, "cwd '%s': %s", r.cwd ? r.cwd : "/",
+				   strerror(se.err));
+		else if (se.stage == 2)
+			send_error(s, id, AP_T_EXEC, se.err, "cannot run '%s': %s%s", r.argv[0],
+				   strerror(se.err),
+				   r.shell && se.err == ENOENT
+					   ? " (the image has no shell: run an argv instead)"
+					   : "");
+		else
+			send_error(s, id, AP_T_EXEC, se.err, "setting up the command: %s",
+				   strerror(se.err));
+		goto out;
+	}
+	e->s = s;
+	e->id = id;
+	e->pid = pid;
+	e->in_fd = in[1];
+	e->out_fd = out[0];
+	e->err_fd = err[0];
+	in[1] = out[0] = err[0] = -1;
+	if (e->in_fd >= 0)
+		set_nonblock(e->in_fd);
+	set_nonblock(e->out_fd);
+	set_nonblock(e->err_fd);
+	e->next = execs;
+	execs = e;
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_STARTED, id);
+	ap_put_int(&b, AP_F_PID, pid);
+	tx_buf(s, &b);
+	e = NULL;
+out:
+	close_fd(&in[0]);
+	close_fd(&in[1]);
+	close_fd(&out[0]);
+	close_fd(&out[1]);
+	close_fd(&err[0]);
+	close_fd(&err[1]);
+	close_fd(&ep[0]);
+	close_fd(&ep[1]);
+	free(e);
+	free(env); /* the strings belong to r */
+	ap_exec_req_release(&r);
+}
+
+static void exec_stdin(struct session *s, uint32_t id, const unsigned char *p, size_t len)
+{
+	struct exec *e = exec_find(s, id);
+	if (!e || e->in_fd < 0)
+		return; /* ended, or its stdin is closed: the data has nowhere to go */
+	if (len == 0) {
+		e->in_close = true;
+		return;
+	}
+	size_t pending = e->inlen - e->inoff;
+	if (pending + len > AP_STDIN_BUFFER_MAX) {
+		send_error(s, id, AP_T_STDIN, ENOBUFS,
+			   "the command does not read its stdin fast enough (%u bytes buffered); "
+			   "stdin closed",
+			   AP_STDIN_BUFFER_MAX);
+		close_fd(&e->in_fd);
+		return;
+	}
+	if (e->inoff) {
+		memmove(e->in, e->in + e->inoff, pending);
+		e->inoff = 0;
+		e->inlen = pending;
+	}
+	unsigned char *n = realloc(e->in, e->inlen + len);
+	if (!n) {
+		send_error(s, id, AP_T_STDIN, ENOMEM, "out of memory for stdin; stdin closed");
+		close_fd(&e->in_fd);
+		return;
+	}
+	e->in = n;
+	memcpy(e->in + e->inlen, p, len);
+	e->inlen += len;
+}
+
+static void exec_write_stdin(struct exec *e)
+{
+	while (e->in_fd >= 0 && e->inoff < e->inlen) {
+		ssize_t n = write(e->in_fd, e->in + e->inoff, e->inlen - e->inoff);
+		if (n > 0) {
+			e->inoff += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		close_fd(&e->in_fd); /* EPIPE: the command closed its stdin */
+	}
+	if (e->inoff == e->inlen) {
+		free(e->in);
+		e->in = NULL;
+		e->inoff = e->inlen = 0;
+		if (e->in_close)
+			close_fd(&e->in_fd);
+	}
+}
+
+static void exec_signal(struct session *s, uint32_t id, const unsigned char *p, size_t len)
+{
+	int64_t sig;
+	if (ap_get_int(p, len, AP_F_SIGNO, &sig) < 0 || sig < 1 || sig > 64) {
+		send_error(s, id, AP_T_SIGNAL, EINVAL, "bad signal request");
+		return;
+	}
+	struct exec *e = exec_find(s, id);
+	if (!e || e->exited) {
+		send_error(s, id, AP_T_SIGNAL, ESRCH, "no running command with id %u", id);
+		return;
+	}
+	if (kill(-e->pid, (int)sig) < 0)
+		kill(e->pid, (int)sig);
+}
+
+/* ---- requests ---- */
+
+static void reply_hello(struct session *s, uint32_t id)
+{
+	struct utsname u;
+	struct ap_buf b;
+	if (uname(&u) < 0)
+		snprintf(u.release, sizeof(u.release), "unknown");
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_HELLO_REPLY, id);
+	ap_put_int(&b, AP_F_VERSION, AP_VERSION);
+	ap_put_str(&b, AP_F_AGENT, AGENT_NAME);
+	ap_put_str(&b, AP_F_KERNEL, u.release);
+	ap_put_int(&b, AP_F_UPTIME_MS, ready_ms);
+	tx_buf(s, &b);
+}
+
+static void kill_all_execs(void)
+{
+	for (struct exec *e = execs; e; e = e->next)
+		if (!e->exited)
+			kill(-e->pid, SIGKILL);
+}
+
+static void poweroff(struct session *s)
+{
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_OK, 0);
+	ap_put_int(&b, AP_F_REQ, AP_T_POWEROFF);
+	if (!is_pid1) {
+		tx_buf(s, &b);
+		tx_drain(s, 1000);
+		kill_all_execs();
+		quitting = true;
+		return;
+	}
+	agent_log("power-off requested");
+	sync();
+	tx_buf(s, &b);
+	tx_drain(s, 1000);
+	init_poweroff();
+}
+
+static void dispatch(struct session *s, const struct ap_hdr *h, const unsigned char *p)
+{
+	switch (h->type) {
+	case AP_T_HELLO:
+		reply_hello(s, h->id);
+		break;
+	case AP_T_EXEC:
+		exec_start(s, h->id, p, h->len);
+		break;
+	case AP_T_STDIN:
+		exec_stdin(s, h->id, p, h->len);
+		break;
+	case AP_T_SIGNAL:
+		exec_signal(s, h->id, p, h->len);
+		break;
+	case AP_T_POWEROFF:
+		poweroff(s);
+		break;
+	default:
+		/* a valid agent->host type sent to the agent */
+		send_error(s, h->id, h->type, EPROTO, "frame type '%s' is not a request",
+			   ap_type_name(h->type));
+		break;
+	}
+}
+
+/* A new host connection (SYNC): forget what the last one started. */
+static void session_sync(struct session *s)
+{
+	session_orphan_execs(s);
+	s->discard = false;
+	tx_add(s, AP_SYNC, AP_SYNC_LEN);
+}
+
+static void bad_frame(struct session *s, const char *why)
+{
+	if (s->bad_frames++ < 10)
+		agent_log("bad frame from the host (%s); discarding input until the next sync", why);
+	send_error(s, 0, 0, EPROTO, "bad frame: %s; discarding input until sync", why);
+	s->discard = true;
+}
+
+static void rx_consume(struct session *s, size_t n)
+{
+	memmove(s->rx, s->rx + n, s->rxlen - n);
+	s->rxlen -= n;
+}
+
+static void session_parse(struct session *s)
+{
+	while (s->rxlen && !quitting) {
+		if (s->discard) {
+			size_t keep;
+			long at = ap_sync_find(s->rx, s->rxlen, &keep);
+			if (at < 0) {
+				rx_consume(s, s->rxlen - keep);
+				return;
+			}
+			rx_consume(s, (size_t)at + AP_SYNC_LEN);
+			session_sync(s);
+			continue;
+		}
+		if (s->rx[0] == AP_SYNC[0]) {
+			size_t n = s->rxlen < AP_SYNC_LEN ? s->rxlen : AP_SYNC_LEN;
+			if (memcmp(s->rx, AP_SYNC, n) != 0) {
+				bad_frame(s, "bad sync marker");
+				continue;
+			}
+			if (n < AP_SYNC_LEN)
+				return;
+			rx_consume(s, AP_SYNC_LEN);
+			session_sync(s);
+			continue;
+		}
+		if (s->rxlen < AP_HDR_LEN)
+			return;
+		struct ap_hdr h;
+		const char *why;
+		if (ap_hdr_parse(s->rx, &h, &why) < 0) {
+			bad_frame(s, why);
+			continue;
+		}
+		if (s->rxlen < AP_HDR_LEN + (size_t)h.len)
+			return;
+		dispatch(s, &h, s->rx + AP_HDR_LEN);
+		rx_consume(s, AP_HDR_LEN + h.len);
+	}
+}
+
+/* Host went away: its commands die, its queued output is dropped. */
+static void session_lost(struct session *s)
+{
+	session_orphan_execs(s);
+	s->rxlen = 0;
+	s->txoff = s->txlen = 0;
+	s->discard = false;
+	if (s->kind == S_PORT) {
+		s->connected = false;
+	} else {
+		close_fd(&s->fd);
+		s->dead = true;
+	}
+}
+
+static void session_read(struct session *s)
+{
+	for (;;) {
+		if (s->rxcap - s->rxlen < AP_CHUNK) {
+			size_t cap = s->rxcap ? s->rxcap * 2 : 2 * AP_CHUNK;
+			if (cap > RX_MAX + AP_CHUNK)
+				cap = RX_MAX + AP_CHUNK;
+			if (cap <= s->rxcap) {
+				session_parse(s); /* full: a whole frame must be there */
+				return;
+			}
+			unsigned char *n = realloc(s->rx, cap);
+			if (!n)
+				return;
+			s->rx = n;
+			s->rxcap = cap;
+		}
+		ssize_t n = read(s->fd, s->rx + s->rxlen, s->rxcap - s->rxlen);
+		if (n > 0) {
+			s->rxlen += (size_t)n;
+			session_parse(s);
+			if (quitting || s->dead)
+				return;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		/* 0: a virtio port whose host end is closed, or a closed socket */
+		session_lost(s);
+		return;
+	}
+}
+
+static struct session *session_new(enum sess_kind kind, int fd)
+{
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s) {
+		close(fd);
+		return NULL;
+	}
+	s->kind = kind;
+	s->fd = fd;
+	s->connected = kind == S_STREAM;
+	s->next = sessions;
+	sessions = s;
+	return s;
+}
+
+/* ---- the virtio-serial port and listeners ---- */
+
+static int open_port(const char *name, int wait_ms)
+{
+	char path[320], buf[128];
+	for (int waited = 0;; waited += 20) {
+		DIR *d = opendir("/sys/class/virtio-ports");
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			ssize_t n = read(fd, buf, sizeof(buf) - 1);
+			close(fd);
+			if (n <= 0)
+				continue;
+			buf[n] = 0;
+			buf[strcspn(buf, "\n")] = 0;
+			if (strcmp(buf, name) != 0)
+				continue;
+			snprintf(path, sizeof(path), "/dev/%s", e->d_name);
+			fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+			if (fd >= 0) {
+				closedir(d);
+				return fd;
+			}
+		}
+		if (d)
+			closedir(d);
+		if (waited >= wait_ms)
+			return -1;
+		struct timespec ts = {0, 20 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+}
+
+static void listen_vsock(void)
+{
+	struct sockaddr_vm a;
+	int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		agent_log("vsock: not available (%s)", strerror(errno));
+		return;
+	}
+	memset(&a, 0, sizeof(a));
+	a.svm_family = AF_VSOCK;
+	a.svm_cid = VMADDR_CID_ANY;
+	a.svm_port = AP_VSOCK_PORT;
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 8) < 0) {
+		agent_log("vsock: not available (%s)", strerror(errno));
+		close(fd);
+		return;
+	}
+	vsock_fd = fd;
+}
+
+static int listen_unix(const char *path)
+{
+	struct sockaddr_un a;
+	if (strlen(path) >= sizeof(a.sun_path)) {
+		agent_log("--listen: path too long");
+		return -1;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -1;
+	memset(&a, 0, sizeof(a));
+	a.sun_family = AF_UNIX;
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 16) < 0) {
+		agent_log("--listen %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void accept_on(int lfd)
+{
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd >= 0)
+		session_new(S_STREAM, fd);
+}
+
+/* ---- reaping ---- */
+
+static void reap(void)
+{
+	struct signalfd_siginfo si;
+	while (read(sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+	}
+	int st;
+	pid_t pid;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		for (struct exec *e = execs; e; e = e->next) {
+			if (e->pid == pid && !e->exited) {
+				e->exited = true;
+				e->status = st;
+				exec_finish(e);
+				break;
+			}
+		}
+	}
+}
+
+static void sweep(void)
+{
+	for (struct exec **pe = &execs; *pe;) {
+		struct exec *e = *pe;
+		if (e->done) {
+			*pe = e->next;
+			free(e->in);
+			free(e);
+		} else {
+			pe = &e->next;
+		}
+	}
+	for (struct session **ps = &sessions; *ps;) {
+		struct session *s = *ps;
+		if (s->dead) {
+			*ps = s->next;
+			free(s->rx);
+			free(s->tx);
+			free(s);
+		} else {
+			ps = &s->next;
+		}
+	}
+}
+
+/* ---- the loop ---- */
+
+enum { W_SIG, W_LISTEN, W_SESSION, W_OUT, W_ERR, W_IN };
+struct watch {
+	int what;
+	void *ptr;
+};
+
+static void serve(void)
+{
+	size_t cap = 0;
+	struct pollfd *pfd = NULL;
+	struct watch *w = NULL;
+
+	while (!quitting) {
+		size_t n = 0, need = 3;
+		bool recheck = false;
+		for (struct session *s = sessions; s; s = s->next)
+			need++;
+		for (struct exec *e = execs; e; e = e->next)
+			need += 3;
+		if (need > cap) {
+			cap = need * 2;
+			struct pollfd *np = realloc(pfd, cap * sizeof(*pfd));
+			if (np)
+				pfd = np;
+			struct watch *nw = realloc(w, cap * sizeof(*w));
+			if (nw)
+				w = nw;
+			if (!np || !nw) {
+				agent_log("out of memory in the poll loop");
+				struct timespec ts = {0, 100 * 1000000L};
+				nanosleep(&ts, NULL);
+				cap = 0;
+				continue;
+			}
+		}
+#define WATCH(fd_, ev_, what_, ptr_)                                     \
+	do {                                                             \
+		pfd[n] = (struct pollfd){(fd_), (short)(ev_), 0};         \
+		w[n] = (struct watch){(what_), (ptr_)};                  \
+		n++;                                                     \
+	} while (0)
+		WATCH(sig_fd, POLLIN, W_SIG, NULL);
+		if (vsock_fd >= 0)
+			WATCH(vsock_fd, POLLIN, W_LISTEN, &vsock_fd);
+		if (unix_fd >= 0)
+			WATCH(unix_fd, POLLIN, W_LISTEN, &unix_fd);
+		for (struct session *s = sessions; s; s = s->next) {
+			if (s->dead)
+				continue;
+			if (s->kind == S_PORT && !s->connected) {
+				recheck = true;
+				continue;
+			}
+			WATCH(s->fd, POLLIN | (tx_pending(s) ? POLLOUT : 0), W_SESSION, s);
+		}
+		for (struct exec *e = execs; e; e = e->next) {
+			if (e->done)
+				continue;
+			bool room = !e->s || tx_pending(e->s) < TX_HIGH;
+			if (e->out_fd >= 0 && room)
+				WATCH(e->out_fd, POLLIN, W_OUT, e);
+			if (e->err_fd >= 0 && room)
+				WATCH(e->err_fd, POLLIN, W_ERR, e);
+			if (e->in_fd >= 0 && (e->inoff < e->inlen || e->in_close))
+				WATCH(e->in_fd, POLLOUT, W_IN, e);
+		}
+#undef WATCH
+		int r = poll(pfd, n, recheck ? PORT_RECHECK_MS : -1);
+		if (r < 0 && errno != EINTR) {
+			agent_log("poll: %s", strerror(errno));
+			struct timespec ts = {0, 100 * 1000000L};
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		for (size_t i = 0; r > 0 && i < n && !quitting; i++) {
+			short re = pfd[i].revents;
+			if (!re)
+				continue;
+			switch (w[i].what) {
+			case W_SIG:
+				reap();
+				break;
+			case W_LISTEN:
+				accept_on(*(int *)w[i].ptr);
+				break;
+			case W_SESSION: {
+				struct session *s = w[i].ptr;
+				if (s->dead || (s->kind == S_PORT && !s->connected))
+					break;
+				if (re & (POLLIN | POLLHUP | POLLERR))
+					session_read(s);
+				if (!s->dead && (re & POLLOUT))
+					tx_flush(s);
+				break;
+			}
+			case W_OUT:
+			case W_ERR: {
+				struct exec *e = w[i].ptr;
+				int *fd = w[i].what == W_OUT ? &e->out_fd : &e->err_fd;
+				if (!e->done && *fd == pfd[i].fd)
+					exec_read(e, fd, w[i].what == W_OUT ? AP_T_STDOUT : AP_T_STDERR);
+				break;
+			}
+			case W_IN: {
+				struct exec *e = w[i].ptr;
+				if (!e->done && e->in_fd == pfd[i].fd)
+					exec_write_stdin(e);
+				break;
+			}
+			}
+		}
+		/* Reconnection of the virtio port: POLLHUP while nobody is there. */
+		for (struct session *s = sessions; s; s = s->next) {
+			if (s->kind != S_PORT || s->connected)
+				continue;
+			struct pollfd p = {s->fd, POLLIN, 0};
+			if (poll(&p, 1, 0) >= 0 && !(p.revents & POLLHUP))
+				s->connected = true;
+		}
+		/* Push out what was queued in this round. */
+		for (struct session *s = sessions; s; s = s->next)
+			if (!s->dead && s->connected && tx_pending(s))
+				tx_flush(s);
+		sweep();
+	}
+	free(pfd);
+	free(w);
+}
+
+static int setup_signals(void)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return -1;
+	sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	signal(SIGPIPE, SIG_IGN);
+	return sig_fd < 0 ? -1 : 0;
+}
+
+static int pid1_main(void)
+{
+	struct init_cmdline c;
+	char line[4096] = "";
+
+	init_early();
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, line, sizeof(line) - 1);
+		line[n > 0 ? n : 0] = 0;
+		close(fd);
+	}
+	init_parse_cmdline(line, &c);
+	if (c.probe) {
+		agent_log("probe ok");
+		init_poweroff(); /* never returns */
+	}
+	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+	int nmod = init_load_modules(c.modules);
+	if (c.root[0] && init_switch_root(&c) == 0)
+		init_late_mounts(&c);
+	init_network(&c);
+	if (setup_signals() < 0)
+		agent_log("signalfd: %s", strerror(errno));
+	int port = open_port(c.port, 10000);
+	if (port < 0)
+		agent_log("virtio-serial port '%s' not found", c.port);
+	else
+		session_new(S_PORT, port);
+	listen_vsock();
+	ready_ms = init_uptime_ms();
+	agent_log("ready after %lld ms (%d modules, port %s%s)", ready_ms, nmod,
+		  port >= 0 ? c.port : "none", vsock_fd >= 0 ? ", vsock" : "");
+	for (;;) {
+		serve(); /* returns only when quitting, which PID 1 never does */
+		quitting = false;
+	}
+	return 0;
+}
+
+static int test_main(const char *path)
+{
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	if (setup_signals() < 0) {
+		agent_log("signalfd: %s", strerror(errno));
+		return 1;
+	}
+	unix_fd = listen_unix(path);
+	if (unix_fd < 0)
+		return 1;
+	ready_ms = init_uptime_ms();
+	agent_log("ready (test mode, listening on %s)", path);
+	serve();
+	unlink(path);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	/* fds 0-2 must be taken, or a pipe could land on them */
+	int fd;
+	while ((fd = open("/dev/null", O_RDWR)) >= 0 && fd <= 2) {
+	}
+	if (fd > 2)
+		close(fd);
+	if (getpid() == 1) {
+		is_pid1 = true;
+		return pid1_main();
+	}
+	if (argc == 2 && !strcmp(argv[1], "--version")) {
+		printf("%s (protocol %d)\n", AGENT_NAME, AP_VERSION);
+		return 0;
+	}
+	if (argc == 3 && !strcmp(argv[1], "--listen"))
+		return test_main(argv[2]);
+	fprintf(stderr,
+		"usage: banger-agent --listen SOCKET   (test mode; as PID 1 it needs no arguments)\n"
+		"       banger-agent --version\n");
+	return 2;
+}

@@ -1,0 +1,219 @@
+/*
+ * agent_proto.h: the whole wire protocol between bangerd (worker/agent.c) and
+ * banger-agent, the guest's PID 1 (guest/agent.c): frame layout, frame types,
+ * field tags, limits, and the codec both sides link (agent_proto.c).
+ *
+ * The stream is a virtio-serial port (QEMU: a Unix socket on the host), a
+ * vsock connection (Firecracker), or a Unix socket (the agent's test mode).
+ * It carries:
+ *
+ *   SYNC marker   16 bytes, AP_SYNC below; starts with 0x00, so it can never
+ *                 be mistaken for a frame (frames start with 'B')
+ *   frame         12-byte header, then len payload bytes:
+ *                   0  'B' 'A'      magic
+ *                   2  u8  version  AP_VERSION
+ *                   3  u8  type     AP_T_*
+ *                   4  u32 id       exec id chosen by the host; 0 = the link
+ *                   8  u32 len      payload length, <= the type's limit
+ *                 all integers big-endian.
+ *
+ * Payloads of STDIN/STDOUT/STDERR frames are raw bytes.  Every other payload
+ * is a list of self-describing fields: u8 tag, u32 len (big-endian), len
+ * bytes.  Integers are 8-byte big-endian two's complement; strings carry no
+ * NUL.  A field may repeat where the table says so (ARG, ENV); unknown tags
+ * are skipped, so either side may add optional fields later.
+ *
+ * Connecting and resync.  A virtio-serial port is one byte stream that
+ * outlives host connections, so the host begins every connection with SYNC
+ * followed by HELLO, and may repeat both until it gets a HELLO back.  The
+ * agent answers SYNC with SYNC (after whatever it had already queued), kills
+ * the commands the previous connection started, and starts parsing afresh;
+ * the host discards everything before the agent's SYNC.  A SYNC between
+ * frames is otherwise ignored.  When the agent meets a malformed frame it
+ * answers ERROR (id 0) and discards input until the next SYNC.
+ *
+ * Requests (host -> agent):
+ *   HELLO     VERSION                       -> HELLO
+ *   EXEC      (ARG+ | SHELL) ENV* CWD? STDIN?  -> STARTED, STDOUT/STDERR...,
+ *                                                 EXIT; or ERROR(REQ=EXEC)
+ *   STDIN     raw bytes; an empty frame closes the command's stdin
+ *   SIGNAL    SIGNO                         -> nothing (ERROR if no such exec)
+ *   POWEROFF  (none)                        -> OK(REQ=POWEROFF), then the
+ *                                              guest syncs and powers off
+ * Replies and events (agent -> host):
+ *   HELLO     VERSION AGENT KERNEL UPTIME_MS
+ *   STARTED   PID
+ *   STDOUT, STDERR  raw output, in the order it was read
+ *   EXIT      CODE | SIGNO: the command's end; always after all its output
+ *   ERROR     REQ CODE (errno) MSG
+ *   OK        REQ
+ *
+ * File and tar streams (the workspace issue) will add request types and a
+ * credit-based flow control for host->guest data; STDIN today is buffered by
+ * the agent up to AP_STDIN_BUFFER_MAX per command.
+ */
+#ifndef BANGER_AGENT_PROTO_H
+#define BANGER_AGENT_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AP_VERSION 1
+#define AP_HDR_LEN 12
+#define AP_SYNC_LEN 16
+extern const unsigned char AP_SYNC[AP_SYNC_LEN];
+
+/* Limits. */
+#define AP_MAX_PAYLOAD (1u << 20)        /* any frame */
+#define AP_MAX_CTL_PAYLOAD 4096u         /* HELLO, SIGNAL, POWEROFF, OK, STARTED, EXIT */
+#define AP_CHUNK 65536u                  /* output/stdin chunk a sender uses */
+#define AP_MAX_ARGS 4096                 /* ARG fields in one EXEC */
+#define AP_MAX_ENV 4096                  /* ENV fields in one EXEC */
+#define AP_STDIN_BUFFER_MAX (16u << 20)  /* stdin the agent holds per command */
+
+/* What the agent prints on the console when booted with banger.probe=1
+ * (the QEMU driver's "can KVM boot this guest?" probe), and once ready. */
+#define AP_PROBE_MARKER "banger-agent: probe ok"
+#define AP_READY_MARKER "banger-agent: ready"
+
+/* virtio-serial port name, vsock port. */
+#define AP_PORT_NAME "banger.agent"
+#define AP_VSOCK_PORT 52
+
+/* Frame types.  Host -> agent below 0x80, agent -> host from 0x80. */
+enum {
+	AP_T_HELLO = 0x01,
+	AP_T_EXEC = 0x02,
+	AP_T_STDIN = 0x03,
+	AP_T_SIGNAL = 0x04,
+	AP_T_POWEROFF = 0x05,
+
+	AP_T_HELLO_REPLY = 0x81,
+	AP_T_STARTED = 0x82,
+	AP_T_STDOUT = 0x83,
+	AP_T_STDERR = 0x84,
+	AP_T_EXIT = 0x85,
+	AP_T_ERROR = 0x86,
+	AP_T_OK = 0x87,
+};
+
+/* Field tags. */
+enum {
+	AP_F_VERSION = 1,   /* int */
+	AP_F_ARG = 2,       /* str, repeated: argv in order */
+	AP_F_SHELL = 3,     /* str: run as /bin/sh -c SHELL */
+	AP_F_ENV = 4,       /* str "NAME=value", repeated; added to the defaults */
+	AP_F_CWD = 5,       /* str */
+	AP_F_STDIN = 6,     /* int 1: the host streams stdin; absent: /dev/null */
+	AP_F_SIGNO = 7,     /* int */
+	AP_F_PID = 8,       /* int */
+	AP_F_CODE = 9,      /* int: exit code (EXIT) or errno (ERROR) */
+	AP_F_MSG = 10,      /* str */
+	AP_F_REQ = 11,      /* int: the request type an ERROR or OK answers */
+	AP_F_AGENT = 12,    /* str: agent name and version */
+	AP_F_KERNEL = 13,   /* str: guest kernel release */
+	AP_F_UPTIME_MS = 14 /* int: guest uptime when the agent became ready */
+};
+
+/* ---- frame headers ---- */
+
+struct ap_hdr {
+	uint8_t type;
+	uint32_t id;
+	uint32_t len;
+};
+
+void ap_hdr_pack(unsigned char out[AP_HDR_LEN], uint8_t type, uint32_t id, uint32_t len);
+/* Check magic, version, that the type is known and that len is within the
+ * type's limit.  0, BG_ERR_PROTO (bad magic/version/type) or BG_ERR_TOOBIG.
+ * On error *why (may be NULL) points at a static description. */
+int ap_hdr_parse(const unsigned char in[AP_HDR_LEN], struct ap_hdr *h, const char **why);
+/* The payload limit for a type (0 for an unknown type). */
+uint32_t ap_type_max(uint8_t type);
+const char *ap_type_name(uint8_t type);
+
+/* ---- building frames ---- */
+
+/*
+ * A frame being built: header then fields.  Errors are sticky: after one,
+ * further puts do nothing and ap_end() returns it.  ap_buf_init/release for
+ * an embedded buffer; ap_begin may be called again to reuse the storage.
+ */
+struct ap_buf {
+	unsigned char *data;
+	size_t len, cap;
+	int err;
+};
+void ap_buf_init(struct ap_buf *b);
+void ap_buf_release(struct ap_buf *b);
+void ap_begin(struct ap_buf *b, uint8_t type, uint32_t id);
+void ap_put_bytes(struct ap_buf *b, uint8_t tag, const void *p, size_t n);
+void ap_put_str(struct ap_buf *b, uint8_t tag, const char *s);
+void ap_put_int(struct ap_buf *b, uint8_t tag, int64_t v);
+/* Raw payload bytes (for STDIN/STDOUT/STDERR frames). */
+void ap_put_raw(struct ap_buf *b, const void *p, size_t n);
+/* Patch the header's length.  0, BG_ERR_TOOBIG or BG_ERR_NOMEM. */
+int ap_end(struct ap_buf *b);
+
+/* ---- reading fields ---- */
+
+struct ap_field {
+	uint8_t tag;
+	uint32_t len;
+	const unsigned char *val;
+};
+struct ap_iter {
+	const unsigned char *p;
+	size_t left;
+};
+void ap_iter_init(struct ap_iter *it, const void *payload, size_t len);
+/* 1 with *f filled, 0 at the end, BG_ERR_PROTO when a field is truncated. */
+int ap_next(struct ap_iter *it, struct ap_field *f);
+/* Field as an int (its length must be 8).  0 or BG_ERR_PROTO. */
+int ap_field_int(const struct ap_field *f, int64_t *v);
+/* Field as a newly allocated C string (no NUL allowed inside).  0,
+ * BG_ERR_PROTO or BG_ERR_NOMEM; the caller frees *out. */
+int ap_field_str(const struct ap_field *f, char **out);
+/* Validate a whole field list: fields well formed, every field of a tag in
+ * int_tags has length 8.  0 or BG_ERR_PROTO. */
+int ap_fields_check(const void *payload, size_t len);
+
+/* ---- typed messages ---- */
+
+/* An EXEC request, decoded.  argv is NULL-terminated (SHELL is turned into
+ * {"/bin/sh", "-c", SHELL}); env is NULL-terminated (maybe empty).  Owned
+ * by the struct: ap_exec_req_release frees it. */
+struct ap_exec_req {
+	char **argv;
+	size_t argc;
+	char **env;
+	size_t envc;
+	char *cwd;        /* NULL: "/" */
+	bool shell;       /* argv came from SHELL */
+	bool stdin_pipe;
+};
+/* Encode an EXEC frame into b.  Exactly one of argv (NULL-terminated, at
+ * least one element) and shell must be set; env may be NULL. */
+int ap_exec_encode(struct ap_buf *b, uint32_t id, const char *const *argv, const char *shell,
+		   const char *const *env, const char *cwd, bool stdin_pipe);
+/* Decode and check an EXEC payload.  BG_ERR_PROTO with a static reason in
+ * *why on any malformed or contradictory field; nothing to release then. */
+int ap_exec_decode(const void *payload, size_t len, struct ap_exec_req *r, const char **why);
+void ap_exec_req_release(struct ap_exec_req *r);
+
+/* EXIT: exactly one of CODE (0..255) and SIGNO (1..64). */
+int ap_exit_decode(const void *payload, size_t len, bool *signaled, int *value);
+/* ERROR: REQ and CODE optional (0), MSG optional (NULL); *msg is allocated. */
+int ap_error_decode(const void *payload, size_t len, int *req, int *code, char **msg);
+/* One int field by tag (the first); BG_ERR_NOENT when absent. */
+int ap_get_int(const void *payload, size_t len, uint8_t tag, int64_t *v);
+/* One string field by tag (the first), allocated; BG_ERR_NOENT when absent. */
+int ap_get_str(const void *payload, size_t len, uint8_t tag, char **out);
+
+/* Find AP_SYNC in buf: offset of its first byte, or -1.  *keep tells how
+ * many trailing bytes may be the start of a marker cut by the buffer's end
+ * (the caller keeps them when it discards the rest). */
+long ap_sync_find(const unsigned char *buf, size_t len, size_t *keep);
+
+#endif

@@ -1,0 +1,123 @@
+/*
+ * agent.h: bangerd's side of the guest agent protocol (guest/agent_proto.h):
+ * one connection per VM, many commands at once, blocking calls meant for
+ * step bodies in pool threads.
+ *
+ * Threading.  A connection owns one reader thread that reads every frame,
+ * checks it, and queues it on the command it belongs to; the calling thread
+ * of agent_exec_wait() takes its command's frames off that queue and runs the
+ * output callback itself, so callbacks run in the caller's thread (a step
+ * body can call step_emit from them).  Writes are serialized by a mutex.
+ * Any number of threads may use one connection; each command belongs to the
+ * thread that waits on it.
+ *
+ * Trust.  The guest is not trusted: a frame with a bad header, a length over
+ * the protocol's limit, a malformed field, or a type the host does not
+ * expect breaks the connection with BG_ERR_PROTO (every waiter gets it); it
+ * never crashes bangerd, and never makes it allocate more than one frame
+ * (AP_MAX_PAYLOAD) plus the per-command queue limit.
+ *
+ * Ownership.  agent_connect* return a connection the caller destroys with
+ * agent_close(); commands are agent_exec_destroy()ed by their caller (before
+ * or after agent_close: the connection is reference-counted).  Every
+ * errmsg argument may be NULL; *errmsg must be NULL or a string an earlier
+ * call left there (it is replaced), and is the caller's to free.
+ */
+#ifndef BANGER_AGENT_H
+#define BANGER_AGENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct agent_conn;
+struct agent_exec;
+
+struct agent_info {
+	int version;        /* protocol version the agent speaks */
+	char agent[64];     /* "banger-agent 1" */
+	char kernel[128];   /* guest `uname -r` */
+	int64_t uptime_ms;  /* guest uptime when the agent became ready */
+};
+
+/*
+ * Connect to the Unix socket that carries the agent's stream (QEMU's
+ * chardev socket of the virtio-serial port, or `banger-agent --listen`),
+ * send SYNC + HELLO (again every second until answered), and wait for the
+ * agent's HELLO.  Bounded by timeout_us: BG_ERR_TIMEDOUT.  While the socket
+ * does not exist yet or refuses, keeps retrying within the bound.
+ * watch_fd >= 0 (e.g. the hypervisor's pidfd): when it becomes readable the
+ * wait ends with BG_ERR_CLOSED.  Blocks; any thread.
+ */
+int agent_connect(const char *sock_path, int64_t timeout_us, int watch_fd,
+		  struct agent_conn **out, char **errmsg);
+/* The same over an already connected stream socket (ownership of fd moves
+ * to the connection, also on failure). */
+int agent_connect_fd(int fd, int64_t timeout_us, int watch_fd, struct agent_conn **out,
+		     char **errmsg);
+/* What the agent said about itself in its HELLO. */
+const struct agent_info *agent_info(const struct agent_conn *c);
+/* 0 while usable; the error that broke the connection otherwise. */
+int agent_conn_error(struct agent_conn *c);
+/* Shut the socket, stop the reader, drop the caller's reference.  Commands
+ * still waiting get BG_ERR_CLOSED. */
+void agent_close(struct agent_conn *c);
+
+struct agent_exec_req {
+	const char *const *argv; /* NULL-terminated; or NULL when shell is set */
+	const char *shell;       /* run as /bin/sh -c SHELL in the guest */
+	const char *const *env;  /* "NAME=value", NULL-terminated; may be NULL */
+	const char *cwd;         /* NULL: / */
+	bool stdin_pipe;         /* true: feed it with agent_exec_stdin */
+};
+
+struct agent_exit {
+	bool signaled; /* true: killed by signal `value`; false: exit code */
+	int value;
+	int64_t pid;   /* guest pid, 0 if the command never started */
+};
+
+/* Output callback: stream 1 (stdout) or 2 (stderr).  Return 0 to go on;
+ * anything else stops the wait, which kills the command's process group and
+ * returns that value. */
+typedef int (*agent_output_fn)(void *arg, int stream, const void *data, size_t len);
+
+struct agent_wait_opts {
+	agent_output_fn on_output; /* may be NULL: output is dropped */
+	void *arg;
+	/* > 0: after this long, SIGKILL the command's process group and return
+	 * BG_ERR_TIMEDOUT (the exit is still collected, within a grace period). */
+	int64_t timeout_us;
+	/* Polled about every 100 ms; true: kill the group, BG_ERR_CANCELED. */
+	bool (*cancelled)(void *arg);
+};
+
+/* Send an EXEC.  Returns as soon as the request is written; a command that
+ * cannot start is reported by agent_exec_wait.  *out is the caller's. */
+int agent_exec_start(struct agent_conn *c, const struct agent_exec_req *req,
+		     struct agent_exec **out, char **errmsg);
+/* Feed stdin (len 0: close it).  Blocks while the socket is full. */
+int agent_exec_stdin(struct agent_exec *e, const void *data, size_t len);
+/* Send a signal to the command's process group in the guest. */
+int agent_exec_signal(struct agent_exec *e, int signo);
+/*
+ * Wait for the command to end, calling o->on_output for each chunk in this
+ * thread, in the order the guest read them.  0 with *st filled; BG_ERR_NOENT
+ * / BG_ERR_PERM / ... when the command could not start (the agent's reason
+ * in *errmsg); BG_ERR_TIMEDOUT, BG_ERR_CANCELED, BG_ERR_CLOSED (guest or
+ * link gone), BG_ERR_PROTO (garbage from the guest).  May be called once.
+ */
+int agent_exec_wait(struct agent_exec *e, const struct agent_wait_opts *o,
+		    struct agent_exit *st, char **errmsg);
+void agent_exec_destroy(struct agent_exec *e);
+
+/* start + (stdin_data, then EOF, when req->stdin_pipe) + wait + destroy. */
+int agent_run(struct agent_conn *c, const struct agent_exec_req *req, const void *stdin_data,
+	      size_t stdin_len, const struct agent_wait_opts *o, struct agent_exit *st,
+	      char **errmsg);
+
+/* Ask the guest to sync and power off; waits (bounded) for its OK or for
+ * the link to close.  0 when the agent acknowledged or went away. */
+int agent_poweroff(struct agent_conn *c, int64_t timeout_us, char **errmsg);
+
+#endif
