@@ -110,7 +110,7 @@ static const char *const sql[S_COUNT] = {
 	[S_BEGIN] = "BEGIN IMMEDIATE",
 	[S_COMMIT] = "COMMIT",
 	[S_ROLLBACK] = "ROLLBACK",
-	[S_SUB_BY_KEY] = "SELECT id FROM submissions WHERE idem_key = ?1",
+	[S_SUB_BY_KEY] = "SELECT id FROM submissions WHERE idem_key = ?1 AND idem_key IS NOT NULL",
 	[S_SUB_INSERT] = "INSERT INTO submissions(name, path, idem_key, op, spec, created) "
 			 "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[S_JOB_INSERT] = "INSERT INTO jobs(submission, name, kind, params, state, priority, "

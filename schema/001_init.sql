@@ -5,11 +5,14 @@ CREATE TABLE submissions (
   id          INTEGER PRIMARY KEY,
   name        TEXT NOT NULL,
   path        TEXT,
-  idem_key    TEXT UNIQUE,
+  idem_key    TEXT,
   op          TEXT,
   spec        TEXT,
   created     INTEGER NOT NULL
 );
+
+-- only submissions with a key are indexed (most have none)
+CREATE UNIQUE INDEX submissions_key ON submissions(idem_key) WHERE idem_key IS NOT NULL;
 
 CREATE TABLE jobs (
   id            INTEGER PRIMARY KEY,
