@@ -49,12 +49,14 @@
 #include "err.h"
 #include "init.h"
 
-#define AGENT_NAME "banger-agent 1"
+#define AGENT_NAME "banger-agent 2"
 #define TX_HIGH (1u << 20)
 #define RX_MAX (AP_HDR_LEN + AP_MAX_PAYLOAD + AP_SYNC_LEN)
 #define PORT_RECHECK_MS 25
 
 enum sess_kind { S_PORT, S_STREAM };
+
+struct xport;
 
 struct session {
 	struct session *next;
@@ -68,6 +70,7 @@ struct session {
 	unsigned char *tx;
 	size_t txoff, txlen, txcap;
 	unsigned long bad_frames;
+	bool busy;      /* an export is writing a DATA frame straight to fd */
 };
 
 struct exec {
@@ -86,6 +89,15 @@ struct exec {
 
 static struct session *sessions;
 static struct exec *execs;
+static struct xport *xports;
+
+static struct xport *xport_find(struct session *s, uint32_t id);
+static void xport_release(struct xport *x);
+static void xport_signal(struct xport *x);
+static void xport_pump(struct xport *x);
+static bool xport_blocked(const struct xport *x);
+static struct session *xport_session(const struct xport *x);
+static bool xport_done(const struct xport *x);
 static int sig_fd = -1;
 static int vsock_fd = -1, unix_fd = -1;
 static bool is_pid1;
@@ -165,6 +177,8 @@ static void send_error(struct session *s, uint32_t id, int req, int code, const 
 /* Write what can be written now; a write error means the host is gone. */
 static void tx_flush(struct session *s)
 {
+	if (s->busy)
+		return; /* a DATA frame is half written: nothing may come between */
 	while (tx_pending(s)) {
 		ssize_t n = write(s->fd, s->tx + s->txoff, tx_pending(s));
 		if (n > 0) {
@@ -220,11 +234,16 @@ static void exec_orphan(struct exec *e)
 	close_fd(&e->in_fd);
 }
 
+static void session_lost(struct session *s);
+
+static void session_drop_xports(struct session *s);
+
 static void session_orphan_execs(struct session *s)
 {
 	for (struct exec *e = execs; e; e = e->next)
 		if (e->s == s)
 			exec_orphan(e);
+	session_drop_xports(s);
 }
 
 /* Read one chunk of a command's output pipe; frame it unless orphaned.
@@ -539,6 +558,11 @@ static void exec_signal(struct session *s, uint32_t id, const unsigned char *p, 
 		send_error(s, id, AP_T_SIGNAL, EINVAL, "bad signal request");
 		return;
 	}
+	struct xport *x = xport_find(s, id);
+	if (x) {
+		xport_signal(x);
+		return;
+	}
 	struct exec *e = exec_find(s, id);
 	if (!e || e->exited) {
 		send_error(s, id, AP_T_SIGNAL, ESRCH, "no running command with id %u", id);
@@ -546,6 +570,595 @@ static void exec_signal(struct session *s, uint32_t id, const unsigned char *p, 
 	}
 	if (kill(-e->pid, (int)sig) < 0)
 		kill(e->pid, (int)sig);
+}
+
+/* ---- exports (EXPORT: a guest directory as an entry stream) ----
+ *
+ * One export is a depth-first walk (names sorted, one descriptor and one
+ * name list per level, never following a symlink, not crossing into other
+ * filesystems) that emits ENTRY frames through the session's buffer, and
+ * for each regular file DATA frames written straight to the link: the
+ * 12-byte header, then the payload moved from the file to the port with
+ * splice(2) through a pipe (no copy in the guest; read/write when the
+ * kernel refuses).  While a DATA frame is half written the session is busy
+ * and tx_flush writes nothing else, so frames never interleave.  An export
+ * makes progress only while the link takes its bytes (xport_pump returns
+ * on EAGAIN and the loop polls for POLLOUT), and ENTRY frames stop at
+ * TX_HIGH, so a slow host slows the walk instead of filling guest memory.
+ */
+
+#define XPORT_BUDGET (8u << 20) /* bytes per pump, so other sessions get turns */
+#define XPORT_PIPE (1u << 20)
+#define XPORT_MAX_DEPTH 512
+
+struct xdir {
+	int fd;
+	char **names;
+	size_t n, i;
+	size_t plen; /* length of this directory's path (0: the root) */
+	dev_t dev;
+};
+
+struct xhl {
+	dev_t dev;
+	ino_t ino;
+	char *path;
+};
+
+struct xport {
+	struct xport *next;
+	struct session *s;
+	uint32_t id;
+	struct xdir *dirs;
+	int depth, dcap;
+	char path[8192];
+	size_t plen;
+	int file_fd;
+	uint64_t file_left;
+	int err;             /* errno of a file that failed mid-frame: ERROR after it */
+	char errpath[512];
+	int pipe_r, pipe_w;
+	size_t in_pipe;
+	bool splice_ok;
+	unsigned char *cbuf; /* copy mode: bytes read and not yet written */
+	size_t coff, clen;
+	unsigned char hdr[AP_HDR_LEN];
+	size_t hdr_off;
+	size_t frame_left;
+	bool frame_active;
+	bool want_out;       /* blocked on the link: poll for POLLOUT */
+	bool cancel, done;
+	struct xhl *hl;
+	size_t hlcap, hlcount;
+	uint64_t entries, bytes;
+};
+
+static void xport_free_dirs(struct xport *x)
+{
+	for (int d = 0; d < x->depth; d++) {
+		close_fd(&x->dirs[d].fd);
+		for (size_t i = 0; i < x->dirs[d].n; i++)
+			free(x->dirs[d].names[i]);
+		free(x->dirs[d].names);
+	}
+	x->depth = 0;
+}
+
+/* End the export (its frames already sent, or the host gone). */
+static void xport_finish(struct xport *x)
+{
+	xport_free_dirs(x);
+	close_fd(&x->file_fd);
+	close_fd(&x->pipe_r);
+	close_fd(&x->pipe_w);
+	if (x->frame_active && x->s)
+		x->s->busy = false;
+	x->frame_active = false;
+	x->done = true;
+}
+
+static void xport_release(struct xport *x)
+{
+	for (size_t i = 0; i < x->hlcap; i++)
+		free(x->hl[i].path);
+	free(x->hl);
+	free(x->dirs);
+	free(x->cbuf);
+	free(x);
+}
+
+static struct xport *xport_find(struct session *s, uint32_t id)
+{
+	for (struct xport *x = xports; x; x = x->next)
+		if (x->s == s && x->id == id && !x->done)
+			return x;
+	return NULL;
+}
+
+static void session_drop_xports(struct session *s)
+{
+	for (struct xport *x = xports; x; x = x->next)
+		if (x->s == s && !x->done) {
+			xport_finish(x);
+			x->s = NULL;
+		}
+	s->busy = false;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Push the directory fd (taken over) as a new level; -errno on failure. */
+static int xport_push(struct xport *x, int fd, size_t plen)
+{
+	struct stat st;
+	if (x->depth >= XPORT_MAX_DEPTH) {
+		close(fd);
+		return -ELOOP;
+	}
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	int dfd = dup(fd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	if (!d) {
+		int e = errno;
+		if (dfd >= 0)
+			close(dfd);
+		close(fd);
+		return -e;
+	}
+	char **v = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 32;
+			char **nv = realloc(v, cap * sizeof(*v));
+			if (!nv)
+				break;
+			v = nv;
+		}
+		if (!(v[n] = strdup(de->d_name)))
+			break;
+		n++;
+	}
+	closedir(d);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), cmp_str);
+	if (x->depth == x->dcap) {
+		int ncap = x->dcap ? x->dcap * 2 : 16;
+		struct xdir *nd = realloc(x->dirs, (size_t)ncap * sizeof(*nd));
+		if (!nd) {
+			for (size_t i = 0; i < n; i++)
+				free(v[i]);
+			free(v);
+			close(fd);
+			return -ENOMEM;
+		}
+		x->dirs = nd;
+		x->dcap = ncap;
+	}
+	x->dirs[x->depth++] = (struct xdir){fd, v, n, 0, plen, st.st_dev};
+	return 0;
+}
+
+static void xport_warn(struct xport *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void xport_warn(struct xport *x, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_WARN, x->id);
+	ap_put_str(&b, AP_F_PATH, x->path);
+	ap_put_str(&b, AP_F_MSG, msg);
+	tx_buf(x->s, &b);
+}
+
+static void xport_entry(struct xport *x, int type, const struct stat *st, const char *link)
+{
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_ENTRY, x->id);
+	ap_put_str(&b, AP_F_PATH, x->path);
+	ap_put_int(&b, AP_F_TYPE, type);
+	ap_put_int(&b, AP_F_MODE, st->st_mode & 07777);
+	ap_put_int(&b, AP_F_UID, st->st_uid);
+	ap_put_int(&b, AP_F_GID, st->st_gid);
+	ap_put_int(&b, AP_F_MTIME, st->st_mtim.tv_sec);
+	ap_put_int(&b, AP_F_MTIME_NS, st->st_mtim.tv_nsec);
+	if (type == AP_E_REG)
+		ap_put_int(&b, AP_F_SIZE, st->st_size);
+	if (link)
+		ap_put_str(&b, AP_F_LINK, link);
+	tx_buf(x->s, &b);
+	x->entries++;
+}
+
+/* The first path recorded for (dev, ino), or NULL after recording x->path. */
+static const char *xport_hardlink(struct xport *x, dev_t dev, ino_t ino)
+{
+	if ((x->hlcount + 1) * 2 > x->hlcap) {
+		size_t ncap = x->hlcap ? x->hlcap * 2 : 64;
+		struct xhl *n = calloc(ncap, sizeof(*n));
+		if (!n)
+			return NULL; /* no memory: store it as a file of its own */
+		for (size_t i = 0; i < x->hlcap; i++) {
+			if (!x->hl[i].path)
+				continue;
+			size_t k = (size_t)(x->hl[i].ino * 2654435761u) & (ncap - 1);
+			while (n[k].path)
+				k = (k + 1) & (ncap - 1);
+			n[k] = x->hl[i];
+		}
+		free(x->hl);
+		x->hl = n;
+		x->hlcap = ncap;
+	}
+	size_t k = (size_t)(ino * 2654435761u) & (x->hlcap - 1);
+	for (; x->hl[k].path; k = (k + 1) & (x->hlcap - 1))
+		if (x->hl[k].dev == dev && x->hl[k].ino == ino)
+			return x->hl[k].path;
+	char *p = strdup(x->path);
+	if (p) {
+		x->hl[k] = (struct xhl){dev, ino, p};
+		x->hlcount++;
+	}
+	return NULL;
+}
+
+static void xport_end(struct xport *x)
+{
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_END, x->id);
+	ap_put_int(&b, AP_F_COUNT, (int64_t)x->entries);
+	ap_put_int(&b, AP_F_BYTES, (int64_t)x->bytes);
+	tx_buf(x->s, &b);
+	xport_finish(x);
+}
+
+/* Emit the next entry (or END); may open a file to send. */
+static void xport_next(struct xport *x)
+{
+	while (x->depth > 0) {
+		struct xdir *d = &x->dirs[x->depth - 1];
+		if (d->i == d->n) {
+			close_fd(&d->fd);
+			for (size_t i = 0; i < d->n; i++)
+				free(d->names[i]);
+			free(d->names);
+			x->depth--;
+			continue;
+		}
+		const char *name = d->names[d->i++];
+		size_t nl = strlen(name);
+		if (d->plen + 1 + nl >= sizeof(x->path) || d->plen + 1 + nl > AP_MAX_PATH) {
+			x->plen = d->plen;
+			x->path[x->plen] = 0;
+			xport_warn(x, "a path under '%s' is longer than %u bytes; skipped",
+				   d->plen ? x->path : ".", AP_MAX_PATH);
+			continue;
+		}
+		x->plen = d->plen;
+		if (x->plen)
+			x->path[x->plen++] = '/';
+		memcpy(x->path + x->plen, name, nl + 1);
+		x->plen += nl;
+		struct stat st;
+		if (fstatat(d->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			if (errno != ENOENT)
+				xport_warn(x, "cannot stat: %s; skipped", strerror(errno));
+			continue;
+		}
+		if (S_ISDIR(st.st_mode)) {
+			if (st.st_dev != d->dev) {
+				xport_warn(x, "a mount point of another filesystem; skipped");
+				continue;
+			}
+			int fd = openat(d->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			int r = fd < 0 ? -errno : xport_push(x, fd, x->plen);
+			if (r < 0) {
+				xport_warn(x, "cannot read the directory: %s; skipped", strerror(-r));
+				continue;
+			}
+			xport_entry(x, AP_E_DIR, &st, NULL);
+			return;
+		}
+		if (S_ISLNK(st.st_mode)) {
+			char t[AP_MAX_PATH + 2];
+			ssize_t n = readlinkat(d->fd, name, t, sizeof(t));
+			if (n <= 0 || (size_t)n > AP_MAX_PATH) {
+				xport_warn(x, "cannot read the symlink; skipped");
+				continue;
+			}
+			t[n] = 0;
+			xport_entry(x, AP_E_SYMLINK, &st, t);
+			return;
+		}
+		if (!S_ISREG(st.st_mode)) {
+			xport_warn(x, "%s; skipped",
+				   S_ISFIFO(st.st_mode)   ? "a fifo"
+				   : S_ISSOCK(st.st_mode) ? "a socket"
+							  : "a device");
+			continue;
+		}
+		if (st.st_nlink > 1) {
+			const char *first = xport_hardlink(x, st.st_dev, st.st_ino);
+			if (first) {
+				xport_entry(x, AP_E_HARDLINK, &st, first);
+				return;
+			}
+		}
+		int fd = openat(d->fd, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+		if (fd < 0) {
+			xport_warn(x, "cannot open: %s; skipped", strerror(errno));
+			continue;
+		}
+		xport_entry(x, AP_E_REG, &st, NULL);
+		if (st.st_size > 0) {
+			x->file_fd = fd;
+			x->file_left = (uint64_t)st.st_size;
+		} else {
+			close(fd);
+		}
+		return;
+	}
+	xport_end(x);
+}
+
+/* Fill the pipe or the copy buffer with up to want bytes of the file;
+ * past an error or the file's end, zeros (the frame was promised). */
+static void xport_fill(struct xport *x, size_t want)
+{
+	if (x->splice_ok && !x->err) {
+		if (want > XPORT_PIPE)
+			want = XPORT_PIPE;
+		ssize_t n = splice(x->file_fd, NULL, x->pipe_w, NULL, want, SPLICE_F_MOVE);
+		if (n > 0) {
+			x->in_pipe = (size_t)n;
+			return;
+		}
+		if (n < 0 && (errno == EINVAL || errno == ENOSYS)) {
+			x->splice_ok = false; /* e.g. a filesystem without splice_read */
+		} else {
+			x->err = n == 0 ? ESTALE : errno;
+			snprintf(x->errpath, sizeof(x->errpath), "%.480s", x->path);
+		}
+	}
+	if (!x->cbuf && !(x->cbuf = malloc(AP_CHUNK))) {
+		x->err = ENOMEM;
+		snprintf(x->errpath, sizeof(x->errpath), "%.480s", x->path);
+		return;
+	}
+	if (want > AP_CHUNK)
+		want = AP_CHUNK;
+	ssize_t n = 0;
+	if (!x->err) {
+		do
+			n = read(x->file_fd, x->cbuf, want);
+		while (n < 0 && errno == EINTR);
+		if (n <= 0) {
+			x->err = n == 0 ? ESTALE : errno;
+			snprintf(x->errpath, sizeof(x->errpath), "%.480s", x->path);
+		}
+	}
+	if (x->err) {
+		memset(x->cbuf, 0, want);
+		n = (ssize_t)want;
+	}
+	x->coff = 0;
+	x->clen = (size_t)n;
+}
+
+/* Drive x until the link blocks, the budget is used or it ends. */
+static void xport_pump(struct xport *x)
+{
+	struct session *s = x->s;
+	size_t budget = XPORT_BUDGET;
+	x->want_out = false;
+	while (!x->done && budget) {
+		if (x->frame_active) {
+			ssize_t n;
+			if (x->hdr_off < AP_HDR_LEN) {
+				n = write(s->fd, x->hdr + x->hdr_off, AP_HDR_LEN - x->hdr_off);
+			} else if (x->in_pipe) {
+				n = splice(x->pipe_r, NULL, s->fd, NULL, x->in_pipe,
+					   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+				if (n < 0 && errno == EINVAL && x->hdr_off == AP_HDR_LEN) {
+					/* the link cannot take spliced pages: move what is in the
+					 * pipe through memory, copy from now on */
+					x->splice_ok = false;
+					if (!x->cbuf && !(x->cbuf = malloc(AP_CHUNK))) {
+						x->err = ENOMEM;
+						break;
+					}
+					size_t want = x->in_pipe < AP_CHUNK ? x->in_pipe : AP_CHUNK;
+					n = read(x->pipe_r, x->cbuf, want);
+					if (n > 0) {
+						x->in_pipe -= (size_t)n;
+						x->coff = 0;
+						x->clen = (size_t)n;
+					}
+					continue;
+				}
+			} else if (x->coff < x->clen) {
+				n = write(s->fd, x->cbuf + x->coff, x->clen - x->coff);
+			} else {
+				xport_fill(x, x->frame_left);
+				continue;
+			}
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && errno == EAGAIN) {
+				x->want_out = true;
+				return;
+			}
+			if (n <= 0) {
+				session_lost(s); /* drops this export too */
+				return;
+			}
+			if (x->hdr_off < AP_HDR_LEN) {
+				x->hdr_off += (size_t)n;
+				continue;
+			}
+			if (x->in_pipe)
+				x->in_pipe -= (size_t)n;
+			else
+				x->coff += (size_t)n;
+			x->frame_left -= (size_t)n;
+			budget = (size_t)n < budget ? budget - (size_t)n : 0;
+			if (!x->frame_left) {
+				x->frame_active = false;
+				s->busy = false;
+				if (!x->file_left)
+					close_fd(&x->file_fd);
+			}
+			continue;
+		}
+		if (x->err) {
+			send_error(s, x->id, AP_T_EXPORT, x->err,
+				   x->err == ESTALE ? "'%s' shrank while it was being exported"
+						    : "reading '%s': %s",
+				   x->errpath, strerror(x->err));
+			xport_finish(x);
+			return;
+		}
+		if (x->cancel) {
+			send_error(s, x->id, AP_T_EXPORT, ECANCELED, "export cancelled by the host");
+			xport_finish(x);
+			return;
+		}
+		if (tx_pending(s) >= TX_HIGH)
+			return; /* the loop polls POLLOUT for the session's buffer */
+		if (x->file_fd >= 0 && x->file_left) {
+			/* DATA bypasses the session buffer: it must be empty first */
+			tx_flush(s);
+			if (tx_pending(s)) {
+				x->want_out = true;
+				return;
+			}
+			size_t len = x->file_left < AP_MAX_PAYLOAD ? (size_t)x->file_left
+								   : AP_MAX_PAYLOAD;
+			ap_hdr_pack(x->hdr, AP_T_DATA, x->id, (uint32_t)len);
+			x->hdr_off = 0;
+			x->frame_left = len;
+			x->file_left -= len;
+			x->bytes += len;
+			x->frame_active = true;
+			s->busy = true;
+			continue;
+		}
+		xport_next(x);
+	}
+}
+
+static void xport_start(struct session *s, uint32_t id, const unsigned char *p, size_t len)
+{
+	char *path = NULL;
+	if (id == 0 || xport_find(s, id) || exec_find(s, id)) {
+		send_error(s, id, AP_T_EXPORT, EINVAL, "export id %u is 0 or already in use", id);
+		return;
+	}
+	if (ap_fields_check(p, len) < 0 || ap_get_str(p, len, AP_F_PATH, &path) < 0 ||
+	    path[0] != '/') {
+		send_error(s, id, AP_T_EXPORT, EINVAL, "bad export request: want an absolute PATH");
+		free(path);
+		return;
+	}
+	struct xport *x = calloc(1, sizeof(*x));
+	if (!x) {
+		send_error(s, id, AP_T_EXPORT, ENOMEM, "out of memory");
+		free(path);
+		return;
+	}
+	x->s = s;
+	x->id = id;
+	x->file_fd = x->pipe_r = x->pipe_w = -1;
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int r = fd < 0 ? -errno : xport_push(x, fd, 0);
+	if (r < 0) {
+		if (r == -ENOENT)
+			send_error(s, id, AP_T_EXPORT, ENOENT, "'%s' does not exist in the guest", path);
+		else if (r == -ENOTDIR)
+			send_error(s, id, AP_T_EXPORT, ENOTDIR, "'%s' is not a directory", path);
+		else
+			send_error(s, id, AP_T_EXPORT, -r, "cannot read '%s': %s", path, strerror(-r));
+		free(path);
+		xport_release(x);
+		return;
+	}
+	free(path);
+	int pp[2];
+	if (pipe2(pp, O_CLOEXEC) == 0) {
+		x->pipe_r = pp[0];
+		x->pipe_w = pp[1];
+		fcntl(x->pipe_w, F_SETPIPE_SZ, XPORT_PIPE);
+		x->splice_ok = true;
+	}
+	x->next = xports;
+	xports = x;
+}
+
+static void xport_signal(struct xport *x)
+{
+	x->cancel = true;
+}
+
+static bool xport_blocked(const struct xport *x)
+{
+	return x->want_out || (!x->frame_active && tx_pending(x->s) >= TX_HIGH);
+}
+
+static struct session *xport_session(const struct xport *x)
+{
+	return x->s;
+}
+
+static bool xport_done(const struct xport *x)
+{
+	return x->done;
+}
+
+/* ---- MOUNT ---- */
+
+static void mount_req(struct session *s, uint32_t id, const unsigned char *p, size_t len)
+{
+	char *dev = NULL, *path = NULL, *fs = NULL;
+	int64_t ro = 0;
+	if (ap_fields_check(p, len) < 0 || ap_get_str(p, len, AP_F_DEV, &dev) < 0 ||
+	    ap_get_str(p, len, AP_F_PATH, &path) < 0) {
+		send_error(s, id, AP_T_MOUNT, EINVAL, "bad mount request: want DEV and PATH");
+		goto out;
+	}
+	if (ap_get_str(p, len, AP_F_FSTYPE, &fs) < 0)
+		fs = NULL;
+	ap_get_int(p, len, AP_F_RO, &ro);
+	char why[300];
+	int r = init_mount_disk(dev, path, fs, ro != 0, 5000, why, sizeof(why));
+	if (r < 0) {
+		send_error(s, id, AP_T_MOUNT, -r, "%s", why);
+		goto out;
+	}
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_OK, id);
+	ap_put_int(&b, AP_F_REQ, AP_T_MOUNT);
+	tx_buf(s, &b);
+out:
+	free(dev);
+	free(path);
+	free(fs);
 }
 
 /* ---- requests ---- */
@@ -609,6 +1222,12 @@ static void dispatch(struct session *s, const struct ap_hdr *h, const unsigned c
 		break;
 	case AP_T_POWEROFF:
 		poweroff(s);
+		break;
+	case AP_T_MOUNT:
+		mount_req(s, h->id, p, h->len);
+		break;
+	case AP_T_EXPORT:
+		xport_start(s, h->id, p, h->len);
 		break;
 	default:
 		/* a valid agent->host type sent to the agent */
@@ -857,6 +1476,15 @@ static void reap(void)
 
 static void sweep(void)
 {
+	for (struct xport **px = &xports; *px;) {
+		struct xport *x = *px;
+		if (xport_done(x)) {
+			*px = x->next;
+			xport_release(x);
+		} else {
+			px = &x->next;
+		}
+	}
 	for (struct exec **pe = &execs; *pe;) {
 		struct exec *e = *pe;
 		if (e->done) {
@@ -935,7 +1563,10 @@ static void serve(void)
 				recheck = true;
 				continue;
 			}
-			WATCH(s->fd, POLLIN | (tx_pending(s) ? POLLOUT : 0), W_SESSION, s);
+			bool out = tx_pending(s) > 0;
+			for (struct xport *x = xports; x && !out; x = x->next)
+				out = !xport_done(x) && xport_session(x) == s && xport_blocked(x);
+			WATCH(s->fd, POLLIN | (out ? POLLOUT : 0), W_SESSION, s);
 		}
 		for (struct exec *e = execs; e; e = e->next) {
 			if (e->done)
@@ -949,7 +1580,11 @@ static void serve(void)
 				WATCH(e->in_fd, POLLOUT, W_IN, e);
 		}
 #undef WATCH
-		int r = poll(pfd, n, recheck ? PORT_RECHECK_MS : -1);
+		int tmo = recheck ? PORT_RECHECK_MS : -1;
+		for (struct xport *x = xports; x; x = x->next)
+			if (!xport_done(x) && xport_session(x) && !xport_blocked(x))
+				tmo = 0; /* an export can go on at once */
+		int r = poll(pfd, n, tmo);
 		if (r < 0 && errno != EINTR) {
 			agent_log("poll: %s", strerror(errno));
 			struct timespec ts = {0, 100 * 1000000L};
@@ -1001,10 +1636,16 @@ static void serve(void)
 			if (poll(&p, 1, 0) >= 0 && !(p.revents & POLLHUP))
 				s->connected = true;
 		}
-		/* Push out what was queued in this round. */
+		/* Push out what was queued in this round, then let exports go on
+		 * (each stops when its link blocks). */
 		for (struct session *s = sessions; s; s = s->next)
 			if (!s->dead && s->connected && tx_pending(s))
 				tx_flush(s);
+		for (struct xport *x = xports; x && !quitting; x = x->next) {
+			struct session *s = xport_session(x);
+			if (!xport_done(x) && s && !s->dead && s->connected)
+				xport_pump(x);
+		}
 		sweep();
 	}
 	free(pfd);

@@ -49,11 +49,18 @@ uint32_t ap_type_max(uint8_t type)
 	case AP_T_EXIT:
 	case AP_T_ERROR:
 	case AP_T_OK:
+	case AP_T_END:
 		return AP_MAX_CTL_PAYLOAD;
+	case AP_T_MOUNT:
+	case AP_T_EXPORT:
+	case AP_T_ENTRY:
+	case AP_T_WARN:
+		return 3 * AP_MAX_PATH + 512; /* two paths and small fields */
 	case AP_T_EXEC:
 	case AP_T_STDIN:
 	case AP_T_STDOUT:
 	case AP_T_STDERR:
+	case AP_T_DATA:
 		return AP_MAX_PAYLOAD;
 	default:
 		return 0;
@@ -75,6 +82,12 @@ const char *ap_type_name(uint8_t type)
 	case AP_T_EXIT: return "exit";
 	case AP_T_ERROR: return "error";
 	case AP_T_OK: return "ok";
+	case AP_T_MOUNT: return "mount";
+	case AP_T_EXPORT: return "export";
+	case AP_T_ENTRY: return "entry";
+	case AP_T_DATA: return "data";
+	case AP_T_WARN: return "warn";
+	case AP_T_END: return "end";
 	default: return "unknown";
 	}
 }
@@ -269,6 +282,16 @@ static bool is_int_tag(uint8_t tag)
 	case AP_F_CODE:
 	case AP_F_REQ:
 	case AP_F_UPTIME_MS:
+	case AP_F_TYPE:
+	case AP_F_MODE:
+	case AP_F_UID:
+	case AP_F_GID:
+	case AP_F_MTIME:
+	case AP_F_MTIME_NS:
+	case AP_F_SIZE:
+	case AP_F_RO:
+	case AP_F_COUNT:
+	case AP_F_BYTES:
 		return true;
 	default:
 		return false;
@@ -525,6 +548,93 @@ int ap_error_decode(const void *payload, size_t len, int *req, int *code, char *
 	if (r < 0 && r != BG_ERR_NOENT)
 		return BG_ERR_PROTO;
 	return 0;
+}
+
+/* ---- ENTRY ---- */
+
+bool ap_path_clean(const char *p)
+{
+	size_t n = strlen(p);
+	if (n == 0 || n > AP_MAX_PATH || p[0] == '/' || p[n - 1] == '/')
+		return false;
+	while (*p) {
+		size_t len = strcspn(p, "/");
+		if (len == 0 || (len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.') ||
+		    len > 255)
+			return false;
+		p += len;
+		if (*p == '/')
+			p++;
+	}
+	return true;
+}
+
+void ap_entry_release(struct ap_entry *e)
+{
+	free(e->path);
+	free(e->link);
+	memset(e, 0, sizeof(*e));
+}
+
+int ap_entry_decode(const void *payload, size_t len, struct ap_entry *e, const char **why)
+{
+	int64_t v;
+	memset(e, 0, sizeof(*e));
+	*why = "malformed fields";
+	if (ap_fields_check(payload, len) < 0)
+		return BG_ERR_PROTO;
+	*why = "entry without a path";
+	if (ap_get_str(payload, len, AP_F_PATH, &e->path) < 0)
+		goto fail;
+	*why = "entry path is not a clean relative path";
+	if (!ap_path_clean(e->path))
+		goto fail;
+	*why = "entry of an unknown type";
+	if (ap_get_int(payload, len, AP_F_TYPE, &v) < 0 || v < AP_E_REG || v > AP_E_HARDLINK)
+		goto fail;
+	e->type = (int)v;
+	*why = "entry with a bad mode, owner or time";
+	if (ap_get_int(payload, len, AP_F_MODE, &v) < 0 || v < 0 || v > 07777)
+		goto fail;
+	e->mode = (uint32_t)v;
+	if (ap_get_int(payload, len, AP_F_UID, &v) < 0 || v < 0 || v > UINT32_MAX)
+		goto fail;
+	e->uid = (uint32_t)v;
+	if (ap_get_int(payload, len, AP_F_GID, &v) < 0 || v < 0 || v > UINT32_MAX)
+		goto fail;
+	e->gid = (uint32_t)v;
+	if (ap_get_int(payload, len, AP_F_MTIME, &e->mtime) < 0)
+		goto fail;
+	if (ap_get_int(payload, len, AP_F_MTIME_NS, &v) < 0 || v < 0 || v > 999999999)
+		goto fail;
+	e->mtime_ns = (uint32_t)v;
+	if (e->type == AP_E_REG) {
+		*why = "file entry with a bad size";
+		if (ap_get_int(payload, len, AP_F_SIZE, &v) < 0 || v < 0)
+			goto fail;
+		e->size = (uint64_t)v;
+	}
+	int r = ap_get_str(payload, len, AP_F_LINK, &e->link);
+	if (r < 0 && r != BG_ERR_NOENT) {
+		*why = "malformed link";
+		goto fail;
+	}
+	if (e->type == AP_E_SYMLINK || e->type == AP_E_HARDLINK) {
+		*why = "link entry without a target, or one that is too long";
+		if (!e->link || !e->link[0] || strlen(e->link) > AP_MAX_PATH)
+			goto fail;
+		*why = "hardlink to a path that is not clean and relative";
+		if (e->type == AP_E_HARDLINK && !ap_path_clean(e->link))
+			goto fail;
+	} else if (e->link) {
+		*why = "link target on an entry that is not a link";
+		goto fail;
+	}
+	*why = NULL;
+	return 0;
+fail:
+	ap_entry_release(e);
+	return BG_ERR_PROTO;
 }
 
 long ap_sync_find(const unsigned char *buf, size_t len, size_t *keep)

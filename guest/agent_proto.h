@@ -48,9 +48,34 @@
  *   ERROR     REQ CODE (errno) MSG
  *   OK        REQ
  *
- * File and tar streams (the workspace issue) will add request types and a
- * credit-based flow control for host->guest data; STDIN today is buffered by
- * the agent up to AP_STDIN_BUFFER_MAX per command.
+ * Workspaces (protocol 2, docs/workspaces.md):
+ *   MOUNT     DEV PATH FSTYPE? RO?          -> OK(REQ=MOUNT) or ERROR(REQ=MOUNT)
+ *             DEV is a device path, or LABEL=NAME / UUID=UUID of an ext4
+ *             disk; PATH is created (with parents) when missing
+ *   EXPORT    PATH                          -> ENTRY, DATA..., ENTRY, ...,
+ *                                              END; or ERROR(REQ=EXPORT)
+ *             streams the guest directory PATH: one ENTRY per file,
+ *             directory, symlink or hardlink (depth first, names sorted),
+ *             each regular file's ENTRY followed by DATA frames carrying
+ *             exactly SIZE bytes; END closes a complete stream; an ERROR
+ *             (for the id) ends it early.  SIGNAL to the id cancels it (it
+ *             ends with ERROR, CODE=ECANCELED, at the next frame boundary).
+ *             Special files are reported with WARN and skipped.
+ * Replies (agent -> host):
+ *   ENTRY     PATH TYPE MODE UID GID MTIME MTIME_NS SIZE? LINK?
+ *             PATH relative to the exported directory (no "..", no leading
+ *             "/"); TYPE an AP_E_*; LINK: a symlink's target, or for
+ *             AP_E_HARDLINK the PATH of an earlier AP_E_REG entry
+ *   DATA      raw bytes of the last AP_E_REG entry
+ *   WARN      PATH MSG
+ *   END       COUNT (entries) BYTES (file data)
+ *
+ * Flow control: the agent produces an export only while the link takes its
+ * bytes (a full virtio port or socket stops it; it never buffers more than
+ * one chunk of a file), and the host's queue limit per id backs pressure
+ * into the guest, so neither side buffers without bound.  File data goes
+ * from the page cache to the port with splice(2) where the kernel can.
+ * STDIN is buffered by the agent up to AP_STDIN_BUFFER_MAX per command.
  */
 #ifndef BANGER_AGENT_PROTO_H
 #define BANGER_AGENT_PROTO_H
@@ -59,7 +84,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define AP_VERSION 1
+#define AP_VERSION 2
 #define AP_HDR_LEN 12
 #define AP_SYNC_LEN 16
 extern const unsigned char AP_SYNC[AP_SYNC_LEN];
@@ -71,6 +96,7 @@ extern const unsigned char AP_SYNC[AP_SYNC_LEN];
 #define AP_MAX_ARGS 4096                 /* ARG fields in one EXEC */
 #define AP_MAX_ENV 4096                  /* ENV fields in one EXEC */
 #define AP_STDIN_BUFFER_MAX (16u << 20)  /* stdin the agent holds per command */
+#define AP_MAX_PATH 4095u                /* an ENTRY's PATH or LINK */
 
 /* What the agent prints on the console when booted with banger.probe=1
  * (the QEMU driver's "can KVM boot this guest?" probe), and once ready. */
@@ -88,6 +114,8 @@ enum {
 	AP_T_STDIN = 0x03,
 	AP_T_SIGNAL = 0x04,
 	AP_T_POWEROFF = 0x05,
+	AP_T_MOUNT = 0x06,
+	AP_T_EXPORT = 0x07,
 
 	AP_T_HELLO_REPLY = 0x81,
 	AP_T_STARTED = 0x82,
@@ -96,6 +124,18 @@ enum {
 	AP_T_EXIT = 0x85,
 	AP_T_ERROR = 0x86,
 	AP_T_OK = 0x87,
+	AP_T_ENTRY = 0x88,
+	AP_T_DATA = 0x89,
+	AP_T_WARN = 0x8a,
+	AP_T_END = 0x8b,
+};
+
+/* ENTRY types. */
+enum {
+	AP_E_REG = 1,
+	AP_E_DIR = 2,
+	AP_E_SYMLINK = 3,
+	AP_E_HARDLINK = 4,
 };
 
 /* Field tags. */
@@ -113,7 +153,21 @@ enum {
 	AP_F_REQ = 11,      /* int: the request type an ERROR or OK answers */
 	AP_F_AGENT = 12,    /* str: agent name and version */
 	AP_F_KERNEL = 13,   /* str: guest kernel release */
-	AP_F_UPTIME_MS = 14 /* int: guest uptime when the agent became ready */
+	AP_F_UPTIME_MS = 14, /* int: guest uptime when the agent became ready */
+	AP_F_PATH = 15,     /* str */
+	AP_F_TYPE = 16,     /* int: AP_E_* */
+	AP_F_MODE = 17,     /* int: permission bits (07777) */
+	AP_F_UID = 18,      /* int */
+	AP_F_GID = 19,      /* int */
+	AP_F_MTIME = 20,    /* int: seconds */
+	AP_F_MTIME_NS = 21, /* int */
+	AP_F_SIZE = 22,     /* int: bytes */
+	AP_F_LINK = 23,     /* str */
+	AP_F_DEV = 24,      /* str */
+	AP_F_FSTYPE = 25,   /* str */
+	AP_F_RO = 26,       /* int 1: read-only */
+	AP_F_COUNT = 27,    /* int */
+	AP_F_BYTES = 28     /* int */
 };
 
 /* ---- frame headers ---- */
@@ -210,6 +264,25 @@ int ap_error_decode(const void *payload, size_t len, int *req, int *code, char *
 int ap_get_int(const void *payload, size_t len, uint8_t tag, int64_t *v);
 /* One string field by tag (the first), allocated; BG_ERR_NOENT when absent. */
 int ap_get_str(const void *payload, size_t len, uint8_t tag, char **out);
+
+/* An ENTRY, decoded and checked (path clean and relative, type known,
+ * sizes in range, LINK present exactly for symlinks and hardlinks).
+ * Strings are allocated: ap_entry_release frees them. */
+struct ap_entry {
+	char *path;
+	int type;       /* AP_E_* */
+	uint32_t mode;  /* 07777 bits */
+	uint32_t uid, gid;
+	int64_t mtime;
+	uint32_t mtime_ns;
+	uint64_t size;  /* AP_E_REG only */
+	char *link;     /* AP_E_SYMLINK target; AP_E_HARDLINK: the earlier entry's path */
+};
+int ap_entry_decode(const void *payload, size_t len, struct ap_entry *e, const char **why);
+void ap_entry_release(struct ap_entry *e);
+/* Whether p is a clean relative path: not empty, no leading or doubled
+ * '/', no "." or ".." component, at most AP_MAX_PATH bytes. */
+bool ap_path_clean(const char *p);
 
 /* Find AP_SYNC in buf: offset of its first byte, or -1.  *keep tells how
  * many trailing bytes may be the start of a marker cut by the buffer's end

@@ -374,16 +374,135 @@ void init_late_mounts(const struct init_cmdline *c)
 	symlink("/proc/self/fd/1", "/dev/stdout");
 	symlink("/proc/self/fd/2", "/dev/stderr");
 	for (int i = 0; i < c->nmounts; i++) {
-		if (wait_path(c->mounts[i].dev, 5000) < 0) {
-			agent_log("disk %s did not appear within 5 s", c->mounts[i].dev);
-			continue;
-		}
-		mkdir(c->mounts[i].path, 0755);
-		if (mount(c->mounts[i].dev, c->mounts[i].path, c->mounts[i].fstype, MS_NOATIME,
-			  NULL) < 0)
-			agent_log("mount %s on %s: %s", c->mounts[i].dev, c->mounts[i].path,
-				  strerror(errno));
+		char why[256];
+		if (init_mount_disk(c->mounts[i].dev, c->mounts[i].path, c->mounts[i].fstype, false,
+				    5000, why, sizeof(why)) < 0)
+			agent_log("%s", why);
 	}
+}
+
+/* ext2/3/4 superblock: at byte 1024; magic at 0x38, UUID at 0x68, label at
+ * 0x78 (16 bytes, NUL-padded). */
+static bool sb_matches(const char *devpath, const char *label, const unsigned char *uuid)
+{
+	unsigned char sb[1024];
+	int fd = open(devpath, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	ssize_t n = pread(fd, sb, sizeof(sb), 1024);
+	close(fd);
+	if (n != (ssize_t)sizeof(sb) || sb[0x38] != 0x53 || sb[0x39] != 0xef)
+		return false;
+	if (label) {
+		char l[17];
+		memcpy(l, sb + 0x78, 16);
+		l[16] = 0;
+		return strcmp(l, label) == 0;
+	}
+	return memcmp(sb + 0x68, uuid, 16) == 0;
+}
+
+static int parse_uuid(const char *s, unsigned char out[16])
+{
+	int k = 0;
+	for (const char *p = s; *p; p++) {
+		if (*p == '-')
+			continue;
+		int hi = *p, lo = p[1];
+		if (!lo || k == 16)
+			return -1;
+		char pair[3] = {(char)hi, (char)lo, 0};
+		char *end;
+		long v = strtol(pair, &end, 16);
+		if (*end)
+			return -1;
+		out[k++] = (unsigned char)v;
+		p++;
+	}
+	return k == 16 ? 0 : -1;
+}
+
+/* LABEL=/UUID= to /dev/NAME of a whole disk or partition; 0 or -1. */
+static int find_by_sb(const char *spec, char *out, size_t outlen)
+{
+	const char *label = NULL;
+	unsigned char uuid[16];
+	if (!strncmp(spec, "LABEL=", 6))
+		label = spec + 6;
+	else if (strncmp(spec, "UUID=", 5) != 0 || parse_uuid(spec + 5, uuid) < 0)
+		return -1;
+	DIR *d = opendir("/sys/class/block");
+	if (!d)
+		return -1;
+	struct dirent *e;
+	int rc = -1;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char p[300];
+		snprintf(p, sizeof(p), "/dev/%s", e->d_name);
+		if (sb_matches(p, label, uuid)) {
+			snprintf(out, outlen, "%s", p);
+			rc = 0;
+			break;
+		}
+	}
+	closedir(d);
+	return rc;
+}
+
+static int mkdir_parents(const char *path)
+{
+	char p[512];
+	if (snprintf(p, sizeof(p), "%s", path) >= (int)sizeof(p)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = 0;
+		if (mkdir(p, 0755) < 0 && errno != EEXIST)
+			return -1;
+		*s = '/';
+	}
+	if (mkdir(p, 0755) < 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+int init_mount_disk(const char *dev, const char *path, const char *fstype, bool ro, long wait_ms,
+		    char *why, size_t whylen)
+{
+	char devpath[300];
+	bool by_sb = !strncmp(dev, "LABEL=", 6) || !strncmp(dev, "UUID=", 5);
+	if (path[0] != '/') {
+		snprintf(why, whylen, "mount point '%s' is not an absolute path", path);
+		return -EINVAL;
+	}
+	for (long waited = 0;; waited += 20) {
+		struct stat st;
+		if (by_sb ? find_by_sb(dev, devpath, sizeof(devpath)) == 0
+			  : (snprintf(devpath, sizeof(devpath), "%s", dev), stat(dev, &st) == 0))
+			break;
+		if (waited >= wait_ms) {
+			snprintf(why, whylen, "disk '%s' did not appear within %ld ms", dev, wait_ms);
+			return -ENOENT;
+		}
+		sleep_ms(20);
+	}
+	if (mkdir_parents(path) < 0) {
+		int e = errno;
+		snprintf(why, whylen, "cannot create the mount point '%s': %s", path, strerror(e));
+		return -e;
+	}
+	if (mount(devpath, path, fstype && *fstype ? fstype : "ext4",
+		  MS_NOATIME | (ro ? MS_RDONLY : 0), NULL) < 0) {
+		int e = errno;
+		snprintf(why, whylen, "mount %s on '%s': %s", devpath, path, strerror(e));
+		return -e;
+	}
+	return 0;
 }
 
 /* 0, or -1 when the name does not fit (the kernel's limit is IFNAMSIZ). */

@@ -25,6 +25,7 @@
 #define BANGER_GUEST_INIT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #define AGENT_MODULES_LIST "/lib/banger/modules.list"
 #define AGENT_MAX_MOUNTS 8
@@ -65,6 +66,17 @@ int init_load_modules(const char *wanted);
 int init_switch_root(const struct init_cmdline *c);
 /* /dev/pts, /dev/shm, /dev/fd links, /run: after the switch. */
 void init_late_mounts(const struct init_cmdline *c);
+/*
+ * Mount a disk for the workspace (banger.mount= and the MOUNT request).
+ * dev is a device path, or LABEL=NAME / UUID=UUID of an ext2/3/4 disk
+ * (found by reading the superblock of each disk under /sys/class/block: no udev
+ * or blkid in the guest); waits up to wait_ms for it to appear.  path is
+ * created with its parents.  fstype NULL: ext4.  0, or -errno with a
+ * message in why (whylen bytes).
+ */
+int init_mount_disk(const char *dev, const char *path, const char *fstype, bool ro, long wait_ms,
+		    char *why, size_t whylen);
+
 /* Loopback up; the banger.ip address and route; DNS; hostname. */
 void init_network(const struct init_cmdline *c);
 /* sync, SIGTERM then SIGKILL every other process, remount read-only, power

@@ -181,7 +181,19 @@ static const char *check_frame(const struct ap_hdr *h, const unsigned char *p)
 	switch (h->type) {
 	case AP_T_HELLO_REPLY:
 	case AP_T_OK:
+	case AP_T_END:
+	case AP_T_WARN:
 		return ap_fields_check(p, h->len) < 0 ? "malformed fields" : NULL;
+	case AP_T_ENTRY: {
+		struct ap_entry en;
+		const char *why;
+		if (h->id == 0 || ap_entry_decode(p, h->len, &en, &why) < 0)
+			return "malformed entry frame";
+		ap_entry_release(&en);
+		return NULL;
+	}
+	case AP_T_DATA:
+		return h->id == 0 ? "data frame without an export id" : NULL;
 	case AP_T_STARTED:
 		if (h->id == 0 || ap_fields_check(p, h->len) < 0 ||
 		    ap_get_int(p, h->len, AP_F_PID, &v) < 0 || v <= 0 || v > INT32_MAX)
@@ -264,7 +276,7 @@ static int dispatch(struct agent_conn *c, const struct ap_hdr *h, const unsigned
 	pthread_mutex_lock(&c->mu);
 	if (h->type == AP_T_HELLO_REPLY) {
 		/* a late answer to a repeated HELLO */
-	} else if (h->type == AP_T_OK) {
+	} else if (h->type == AP_T_OK && (h->id == 0 || !find_exec(c, h->id))) {
 		int64_t req = 0;
 		ap_get_int(p, h->len, AP_F_REQ, &req);
 		if (req == AP_T_POWEROFF) {
@@ -818,6 +830,267 @@ int agent_run(struct agent_conn *c, const struct agent_exec_req *req, const void
 		agent_exec_stdin(e, NULL, 0);
 	}
 	rc = agent_exec_wait(e, o, st, errmsg);
+	agent_exec_destroy(e);
+	return rc;
+}
+
+/* ---- workspaces: MOUNT and EXPORT ---- */
+
+/* Register a request id, like agent_exec_start, and send frame (built by
+ * the caller with id 0 in its header, which is patched here). */
+static int request_start(struct agent_conn *c, struct ap_buf *b, struct agent_exec **out,
+			 char **errmsg)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->err) {
+		int rc = c->err;
+		set_err(errmsg, "%s", c->errmsg);
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	struct agent_exec *e = xcalloc(1, sizeof(*e));
+	e->c = c;
+	cond_init_mono(&e->cond);
+	e->id = c->next_id++;
+	if (c->next_id == 0)
+		c->next_id = 1;
+	e->registered = true;
+	e->waited = true;
+	e->next = c->execs;
+	c->execs = e;
+	c->refs++;
+	pthread_mutex_unlock(&c->mu);
+	b->data[4] = (unsigned char)(e->id >> 24);
+	b->data[5] = (unsigned char)(e->id >> 16);
+	b->data[6] = (unsigned char)(e->id >> 8);
+	b->data[7] = (unsigned char)e->id;
+	int rc = conn_write(c, b->data, b->len);
+	if (rc < 0) {
+		set_err(errmsg, "cannot send the request to the agent");
+		agent_exec_destroy(e);
+		return rc;
+	}
+	*out = e;
+	return 0;
+}
+
+/* The next frame of e, waiting until deadline (0: none) and polling
+ * cancelled; 0 with *out (the caller frees it), or a BG_ERR_*. */
+static int request_take(struct agent_exec *e, int64_t deadline, bool (*cancelled)(void *),
+			void *arg, struct qframe **out, char **errmsg)
+{
+	struct agent_conn *c = e->c;
+	int rc = 0;
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		struct qframe *q = e->head;
+		if (q) {
+			e->head = q->next;
+			if (!e->head)
+				e->tail = NULL;
+			if (e->queued >= QUEUE_MAX / 2)
+				pthread_cond_broadcast(&c->cond);
+			e->queued -= q->len;
+			*out = q;
+			break;
+		}
+		if (c->err) {
+			rc = c->err;
+			set_err(errmsg, "%s", c->errmsg);
+			break;
+		}
+		int64_t now = mono_us();
+		if (deadline && now >= deadline) {
+			rc = BG_ERR_TIMEDOUT;
+			break;
+		}
+		if (cancelled && cancelled(arg)) {
+			rc = BG_ERR_CANCELED;
+			break;
+		}
+		int64_t wait = 100000;
+		if (deadline && deadline - now < wait)
+			wait = deadline - now < 1000 ? 1000 : deadline - now;
+		struct timespec ts;
+		abs_deadline(&ts, wait);
+		pthread_cond_timedwait(&e->cond, &c->mu, &ts);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+/* An ERROR frame for a request as a BG_ERR_* with the agent's message. */
+static int request_error(const struct qframe *q, const char *what, char **errmsg)
+{
+	int req, code;
+	char *msg = NULL;
+	ap_error_decode(q->data, q->len, &req, &code, &msg);
+	set_err(errmsg, "%s", msg ? msg : what);
+	free(msg);
+	if (code == ENOTDIR)
+		return BG_ERR_INVAL;
+	if (code == ECANCELED)
+		return BG_ERR_CANCELED;
+	return code ? bg_errno(code) : BG_ERR_IO;
+}
+
+int agent_mount(struct agent_conn *c, const char *dev, const char *path, const char *fstype,
+		bool readonly, int64_t timeout_us, char **errmsg)
+{
+	if (!dev || !*dev || !path || path[0] != '/') {
+		set_err(errmsg, "mount: want a device and an absolute path");
+		return BG_ERR_INVAL;
+	}
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_MOUNT, 0);
+	ap_put_str(&b, AP_F_DEV, dev);
+	ap_put_str(&b, AP_F_PATH, path);
+	if (fstype)
+		ap_put_str(&b, AP_F_FSTYPE, fstype);
+	if (readonly)
+		ap_put_int(&b, AP_F_RO, 1);
+	struct agent_exec *e = NULL;
+	int rc = ap_end(&b);
+	if (rc < 0)
+		set_err(errmsg, "mount: the device or path is too long");
+	else
+		rc = request_start(c, &b, &e, errmsg);
+	ap_buf_release(&b);
+	if (rc < 0)
+		return rc;
+	int64_t deadline = mono_us() + (timeout_us > 0 ? timeout_us : 30000000);
+	for (;;) {
+		struct qframe *q = NULL;
+		rc = request_take(e, deadline, NULL, NULL, &q, errmsg);
+		if (rc == BG_ERR_TIMEDOUT)
+			set_err(errmsg, "the agent did not answer the mount of '%s' in time", dev);
+		if (rc < 0)
+			break;
+		if (q->type == AP_T_OK) {
+			free(q);
+			break;
+		}
+		if (q->type == AP_T_ERROR) {
+			rc = request_error(q, "mount failed", errmsg);
+			free(q);
+			break;
+		}
+		free(q); /* nothing else belongs to a mount */
+	}
+	agent_exec_destroy(e);
+	return rc;
+}
+
+/* Tell the guest to stop an export (at its next frame boundary). */
+static void export_cancel(struct agent_exec *e)
+{
+	send_small(e, AP_T_SIGNAL, NULL, 0, SIGTERM);
+}
+
+int agent_export(struct agent_conn *c, const char *guest_path, const struct agent_export_ops *ops,
+		 struct agent_export_stats *st, char **errmsg)
+{
+	struct agent_export_stats local;
+	if (!st)
+		st = &local;
+	memset(st, 0, sizeof(*st));
+	if (!guest_path || guest_path[0] != '/') {
+		set_err(errmsg, "export: '%s' is not an absolute guest path", guest_path ? guest_path : "");
+		return BG_ERR_INVAL;
+	}
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_EXPORT, 0);
+	ap_put_str(&b, AP_F_PATH, guest_path);
+	struct agent_exec *e = NULL;
+	int rc = ap_end(&b);
+	if (rc < 0)
+		set_err(errmsg, "export: the guest path is too long");
+	else
+		rc = request_start(c, &b, &e, errmsg);
+	ap_buf_release(&b);
+	if (rc < 0)
+		return rc;
+	int64_t deadline = ops->timeout_us > 0 ? mono_us() + ops->timeout_us : 0;
+	uint64_t data_left = 0;
+	bool have_file = false;
+	for (;;) {
+		struct qframe *q = NULL;
+		rc = request_take(e, deadline, ops->cancelled, ops->arg, &q, errmsg);
+		if (rc == BG_ERR_TIMEDOUT || rc == BG_ERR_CANCELED) {
+			set_err(errmsg, rc == BG_ERR_TIMEDOUT ? "the export of '%s' timed out"
+							      : "the export of '%s' was cancelled",
+				guest_path);
+			export_cancel(e);
+		}
+		if (rc < 0)
+			break;
+		const char *bad = NULL;
+		int cb = 0;
+		if (q->type == AP_T_ENTRY) {
+			struct ap_entry en;
+			const char *why;
+			if (data_left) {
+				bad = "an entry came before the previous file's data was complete";
+			} else if (ap_entry_decode(q->data, q->len, &en, &why) < 0) {
+				bad = why;
+			} else {
+				st->entries++;
+				have_file = en.type == AP_E_REG;
+				data_left = have_file ? en.size : 0;
+				cb = ops->entry ? ops->entry(ops->arg, &en) : 0;
+				ap_entry_release(&en);
+			}
+		} else if (q->type == AP_T_DATA) {
+			if (!have_file || q->len > data_left) {
+				bad = "file data beyond the size its entry gave";
+			} else {
+				data_left -= q->len;
+				st->bytes += q->len;
+				cb = ops->data && q->len ? ops->data(ops->arg, q->data, q->len) : 0;
+			}
+		} else if (q->type == AP_T_WARN) {
+			char *path = NULL, *msg = NULL;
+			ap_get_str(q->data, q->len, AP_F_PATH, &path);
+			ap_get_str(q->data, q->len, AP_F_MSG, &msg);
+			st->warnings++;
+			if (ops->warn)
+				ops->warn(ops->arg, path ? path : "?", msg ? msg : "skipped");
+			free(path);
+			free(msg);
+		} else if (q->type == AP_T_END) {
+			int64_t n = -1, bytes = -1;
+			ap_get_int(q->data, q->len, AP_F_COUNT, &n);
+			ap_get_int(q->data, q->len, AP_F_BYTES, &bytes);
+			if (data_left || n != (int64_t)st->entries || bytes != (int64_t)st->bytes)
+				bad = "the end of the export does not match what was sent";
+			free(q);
+			if (!bad)
+				break;
+			q = NULL;
+		} else if (q->type == AP_T_ERROR) {
+			rc = request_error(q, "the export failed", errmsg);
+			free(q);
+			break;
+		} else {
+			bad = "a frame that does not belong to an export";
+		}
+		free(q);
+		if (bad) {
+			char *m = xasprintf("the agent broke the export protocol (%s)", bad);
+			set_err(errmsg, "%s", m);
+			conn_fail(c, BG_ERR_PROTO, m);
+			free(m);
+			rc = BG_ERR_PROTO;
+			break;
+		}
+		if (cb) {
+			export_cancel(e);
+			rc = cb;
+			break;
+		}
+	}
 	agent_exec_destroy(e);
 	return rc;
 }

@@ -116,6 +116,54 @@ int agent_run(struct agent_conn *c, const struct agent_exec_req *req, const void
 	      size_t stdin_len, const struct agent_wait_opts *o, struct agent_exit *st,
 	      char **errmsg);
 
+/* ---- workspaces (protocol 2) ---- */
+
+struct ap_entry; /* guest/agent_proto.h */
+
+/*
+ * Mount a disk in the guest: dev is a device path or LABEL=NAME / UUID=UUID
+ * of an ext4 disk (the workspace image carries the label "workspace"); path
+ * is created with its parents; fstype NULL: ext4.  Waits (bounded) for the
+ * agent's answer: 0, or the agent's errno mapped (BG_ERR_NOENT for a disk
+ * that is not there...) with its message in *errmsg.
+ */
+int agent_mount(struct agent_conn *c, const char *dev, const char *path, const char *fstype,
+		bool readonly, int64_t timeout_us, char **errmsg);
+
+struct agent_export_ops {
+	/* Each entry, depth first with names sorted; path relative to the
+	 * exported directory, already checked (clean, relative, type known,
+	 * hardlinks naming an earlier file).  For AP_E_REG, data() calls follow
+	 * carrying exactly e->size bytes.  Return 0 to go on; anything else
+	 * cancels the export in the guest and agent_export returns that value. */
+	int (*entry)(void *arg, const struct ap_entry *e);
+	int (*data)(void *arg, const void *p, size_t n);
+	/* A guest file that was skipped (a special file, unreadable); may be NULL. */
+	void (*warn)(void *arg, const char *path, const char *msg);
+	/* Polled about every 100 ms; true: cancel, BG_ERR_CANCELED.  May be NULL. */
+	bool (*cancelled)(void *arg);
+	/* > 0: the whole export must end within this, else BG_ERR_TIMEDOUT. */
+	int64_t timeout_us;
+	void *arg;
+};
+
+struct agent_export_stats {
+	uint64_t entries, bytes, warnings;
+};
+
+/*
+ * Stream the guest directory guest_path (absolute) through the callbacks,
+ * in this thread.  0 once the guest's END arrived and matched what was
+ * received; BG_ERR_NOENT / BG_ERR_INVAL (not a directory) ... with the
+ * agent's message ("'/x' does not exist in the guest"); BG_ERR_PROTO for a
+ * stream that breaks the rules (the connection is then broken too);
+ * BG_ERR_TIMEDOUT, BG_ERR_CANCELED, BG_ERR_CLOSED; or a callback's value.
+ * Memory: one frame at a time plus the connection's per-command queue
+ * (8 MiB), whatever the directory's size.  st may be NULL.
+ */
+int agent_export(struct agent_conn *c, const char *guest_path, const struct agent_export_ops *ops,
+		 struct agent_export_stats *st, char **errmsg);
+
 /* Ask the guest to sync and power off; waits (bounded) for its OK or for
  * the link to close.  0 when the agent acknowledged or went away. */
 int agent_poweroff(struct agent_conn *c, int64_t timeout_us, char **errmsg);

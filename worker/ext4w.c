@@ -61,6 +61,8 @@ struct ext4w {
 	uint32_t nruns, runcap;
 	char *chunk; /* CHUNK bytes, zero outside what is being written */
 	char *blk;   /* one block */
+	struct ext4w_run *xruns; /* ext4w_file_runs' answer */
+	uint32_t xcap;
 	struct ext4w_info info;
 };
 
@@ -827,6 +829,37 @@ int ext4w_write_data(struct ext4w *w, const struct rt_inode *in, ext4w_read_fn r
 	return 0;
 }
 
+int ext4w_file_runs(struct ext4w *w, const struct rt_inode *in, const struct ext4w_run **runs,
+		    uint32_t *n, char **why)
+{
+	uint64_t nblocks = (in->size + BS - 1) / BS;
+	*runs = NULL;
+	*n = 0;
+	if (!nblocks)
+		return 0;
+	if (in->nruns == 1) {
+		w->nruns = 1;
+		if (!w->runcap) {
+			w->runcap = 16;
+			w->runs = xrealloc(w->runs, w->runcap * sizeof(*w->runs));
+		}
+		w->runs[0] = (struct run){0, in->pblk, nblocks};
+	} else {
+		int rc = load_runs(w, in->ino, why);
+		if (rc < 0)
+			return rc;
+	}
+	if (w->xcap < w->nruns) {
+		w->xcap = w->nruns;
+		w->xruns = xrealloc(w->xruns, w->xcap * sizeof(*w->xruns));
+	}
+	for (uint32_t i = 0; i < w->nruns; i++)
+		w->xruns[i] = (struct ext4w_run){w->runs[i].lblk, w->runs[i].pblk, w->runs[i].len};
+	*runs = w->xruns;
+	*n = w->nruns;
+	return 0;
+}
+
 /* ---- closing ---- */
 
 int ext4w_close(struct ext4w *w, struct ext4w_info *info, char *uuid_text, char **why)
@@ -858,6 +891,7 @@ void ext4w_destroy(struct ext4w *w)
 	if (w->fs)
 		ext2fs_free(w->fs);
 	free(w->runs);
+	free(w->xruns);
 	free(w->chunk);
 	free(w->blk);
 	free(w->path);

@@ -74,6 +74,19 @@ typedef int (*ext4w_read_fn)(void *arg, const void **buf, size_t *len, int64_t *
 int ext4w_write_data(struct ext4w *w, const struct rt_inode *in, ext4w_read_fn read, void *arg,
 		     char **why);
 
+/* One data extent of a file: logical block lblk.. maps to physical block
+ * pblk.., len blocks (of ext4w_info.block_size). */
+struct ext4w_run {
+	uint64_t lblk, pblk, len;
+};
+
+/* The data extents ext4w_write_tree mapped for the regular file in, for a
+ * caller that writes the bytes itself (copy_file_range into the image at
+ * pblk * block_size): *runs points into w and stays valid until the next
+ * call on w.  A file of 0 bytes has no runs. */
+int ext4w_file_runs(struct ext4w *w, const struct rt_inode *in, const struct ext4w_run **runs,
+		    uint32_t *n, char **why);
+
 /* Flush and close; w is freed whatever happens.  info (may be NULL) receives
  * the final counts and uuid_text (37 bytes, may be NULL) the UUID. */
 int ext4w_close(struct ext4w *w, struct ext4w_info *info, char *uuid_text, char **why);

@@ -18,6 +18,11 @@
 	X(agent_host_refuses_garbage) \
 	X(agent_host_handshake)       \
 	X(agent_host_timeout_kills)   \
+	/* tests/unit/test_workspace.c */ \
+	X(workspace_exclude_patterns) \
+	X(workspace_entry_codec)      \
+	X(export_to_rules_limit_and_commit) \
+	X(workspace_build_small)      \
 	/* tests/unit/test_spec.c */  \
 	X(spec_minimal)               \
 	X(spec_name)                  \
