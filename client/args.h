@@ -16,7 +16,7 @@
 #include <stdio.h>
 
 #define ARGS_MAX_OPTS 16
-#define ARGS_MAX_POS 4
+#define ARGS_MAX_POS 256 /* `vm exec NAME -- CMD ARGS...` */
 
 struct args_opt {
 	const char *name;    /* long name without "--"; NULL ends a table */

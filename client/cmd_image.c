@@ -1,5 +1,6 @@
 /*
- * cmd_image.c: `banger image list|show|rm`: the images image.pull made.
+ * cmd_image.c: `banger image list|show|rm`: the images image.pull made, and
+ * `banger image cache prune`: free the cached blobs no image uses.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,73 @@ static int rm_run(struct cli *cli, const struct args *a)
 	return 0;
 }
 
+enum { PRUNE_DRY_RUN, PRUNE_JSON };
+
+static const struct args_opt prune_opts[] = {
+	[PRUNE_DRY_RUN] = {"dry-run", 'n', NULL, "list what would be removed; remove nothing"},
+	[PRUNE_JSON] = {"json", 0, NULL, "print the result as JSON"},
+	{NULL, 0, NULL, NULL},
+};
+
+static int64_t int_field(const msgpack_object *map, const char *key)
+{
+	int64_t v;
+	return mpk_get_int(map, key, &v) == 0 && v >= 0 ? v : 0;
+}
+
+/* One "removed ..." line per item of the array at key. */
+static size_t print_items(const msgpack_object *result, const char *key, const char *name_key,
+			  const char *verb, const char *what)
+{
+	const msgpack_object *arr = mpk_get(result, key);
+	if (!arr || arr->type != MSGPACK_OBJECT_ARRAY)
+		return 0;
+	for (uint32_t i = 0; i < arr->via.array.size; i++) {
+		const msgpack_object *it = &arr->via.array.ptr[i];
+		char *name = out_field(it, name_key, OUT_STR);
+		char *size = size_text(it, "size");
+		printf("%s %s%s (%s)\n", verb, what, name, size);
+		free(name);
+		free(size);
+	}
+	return arr->via.array.size;
+}
+
+static int prune_run(struct cli *cli, const struct args *a)
+{
+	bool dry = a->val[PRUNE_DRY_RUN] != NULL;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	mpk_kv_bool(&pk, "dry_run", dry);
+	msgpack_unpacked reply;
+	const msgpack_object *result;
+	int st = cli_call(cli, BG_M_IMAGE_PRUNE, &sb, "image cache prune", &reply, &result);
+	msgpack_sbuffer_destroy(&sb);
+	if (st)
+		return st;
+	if (a->val[PRUNE_JSON]) {
+		st = out_json_print(result, true);
+		msgpack_unpacked_destroy(&reply);
+		return st;
+	}
+	const char *verb = dry ? "would remove" : "removed";
+	size_t nblobs = print_items(result, "removed", "digest", verb, "");
+	size_t ndirs = print_items(result, "orphans", "path", verb, "image directory ");
+	int64_t partials = int_field(result, "partials");
+	char freed[32];
+	out_size(freed, sizeof(freed), (uint64_t)int_field(result, "freed"));
+	printf("%s %s: %zu blob%s, %lld partial download%s, %zu image director%s; "
+	       "%lld blob%s kept\n",
+	       dry ? "would free" : "freed", freed, nblobs, nblobs == 1 ? "" : "s",
+	       (long long)partials, partials == 1 ? "" : "s", ndirs, ndirs == 1 ? "y" : "ies",
+	       (long long)int_field(result, "kept"), int_field(result, "kept") == 1 ? "" : "s");
+	msgpack_unpacked_destroy(&reply);
+	return 0;
+}
+
 const struct args_cmd cmd_image_list = {
 	.name = "image list",
 	.synopsis = "[--json]",
@@ -176,4 +244,16 @@ const struct args_cmd cmd_image_rm = {
 	.min_pos = 1,
 	.max_pos = 1,
 	.run = rm_run,
+};
+
+const struct args_cmd cmd_image_cache_prune = {
+	.name = "image cache prune",
+	.synopsis = "[--dry-run] [--json]",
+	.summary = "Free the cached blobs no image uses (refused while a pull runs).",
+	.details = "Removes the cached blobs (manifests, configs, layers) that no image\n"
+		   "in 'banger image list' uses, partial downloads nobody is writing, and\n"
+		   "image directories no image names (left by a crash).  Refused while an\n"
+		   "image.pull job runs on this node.\n",
+	.opts = prune_opts,
+	.run = prune_run,
 };

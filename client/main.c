@@ -1,10 +1,11 @@
 /*
  * main.c: `banger`, the command-line client of bangerd.
  *
- * Reads global options, finds the command (one word, or "job" and a second
- * word), parses the command's options and hands over to its handler (see
- * cmd.h).  Usage errors exit 2 with a suggestion when a word is close to a
- * known one; `--help` anywhere prints the usage of the command it follows.
+ * Reads global options, finds the command (one word, or a group and more
+ * words: "job list", "image cache prune"), parses the command's options and
+ * hands over to its handler (see cmd.h).  Usage errors exit 2 with a
+ * suggestion when a word is close to a known one; `--help` anywhere prints
+ * the usage of the command it follows.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -36,10 +37,14 @@ static const struct args_cmd *const commands[] = {
 	&cmd_job_submit, &cmd_job_list, &cmd_job_show, &cmd_job_cancel,
 	&cmd_job_retry,  &cmd_job_tail, &cmd_oplog,    &cmd_ping,
 	&cmd_system_install, &cmd_image_list, &cmd_image_show, &cmd_image_rm,
+	&cmd_image_cache_prune,
+	&cmd_vm_list, &cmd_vm_show, &cmd_vm_rm, &cmd_vm_exec,
+	&cmd_kernel_import, &cmd_kernel_list, &cmd_kernel_rm, &cmd_doctor,
 };
 
 /* Top-level words: the groups and the one-word commands, plus "help". */
-static const char *const top_words[] = {"job", "image", "oplog", "ping", "system", "help"};
+static const char *const top_words[] = {"job", "image", "vm", "kernel", "doctor", "oplog",
+					"ping", "system", "help"};
 
 static void print_commands(FILE *f, const char *group)
 {
@@ -123,9 +128,9 @@ static int unknown_command(const char *group, const char *word)
 		usage_group(stderr, group);
 		return CLI_EXIT_USAGE;
 	}
-	/* "banger list": the second word of a grouped command, alone. */
+	/* "banger list", "banger prune": the last word of a grouped command, alone. */
 	for (size_t i = 0; i < ARRAY_LEN(commands) && !s; i++) {
-		const char *sp = strchr(commands[i]->name, ' ');
+		const char *sp = strrchr(commands[i]->name, ' ');
 		if (sp && strcmp(sp + 1, word) == 0)
 			s = commands[i]->name;
 	}
@@ -145,7 +150,9 @@ static int unknown_command(const char *group, const char *word)
  * Find the command named by words[0..n).  Returns it and sets *used to the
  * number of words its name took; returns NULL with *status set after
  * printing usage (a group without a command word; an unknown word), where
- * help says a group's usage was asked for rather than forgotten.
+ * help says a group's usage was asked for rather than forgotten.  Groups
+ * nest: "image" holds "image list" and the group "image cache", which holds
+ * "image cache prune".
  */
 static const struct args_cmd *find_command(char **words, int n, bool help, int *used,
 					   int *status)
@@ -160,30 +167,42 @@ static const struct args_cmd *find_command(char **words, int n, bool help, int *
 		*status = unknown_command(NULL, w);
 		return NULL;
 	}
-	if (n < 2 || words[1][0] == '-') {
-		for (int k = 1; k < n && !help; k++)
-			help = strcmp(words[k], "--help") == 0 || strcmp(words[k], "-h") == 0;
-		if (help) {
-			usage_group(stdout, w);
-			*status = CLI_EXIT_OK;
-		} else {
-			cli_error("%s: missing command", w);
-			fputc('\n', stderr);
-			usage_group(stderr, w);
-			*status = CLI_EXIT_USAGE;
+	char *group = xstrdup(w);
+	const struct args_cmd *found = NULL;
+	for (int k = 1;; k++) {
+		if (k >= n || words[k][0] == '-') {
+			for (int j = k; j < n && !help; j++)
+				help = strcmp(words[j], "--help") == 0 || strcmp(words[j], "-h") == 0;
+			if (help) {
+				usage_group(stdout, group);
+				*status = CLI_EXIT_OK;
+			} else {
+				cli_error("%s: missing command", group);
+				fputc('\n', stderr);
+				usage_group(stderr, group);
+				*status = CLI_EXIT_USAGE;
+			}
+			break;
 		}
-		return NULL;
-	}
-	size_t wl = strlen(w);
-	for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
-		const char *name = commands[i]->name;
-		if (strncmp(name, w, wl) == 0 && name[wl] == ' ' && strcmp(name + wl + 1, words[1]) == 0) {
-			*used = 2;
-			return commands[i];
+		char *name = xasprintf("%s %s", group, words[k]);
+		for (size_t i = 0; i < ARRAY_LEN(commands) && !found; i++)
+			if (strcmp(commands[i]->name, name) == 0)
+				found = commands[i];
+		if (found) {
+			*used = k + 1;
+			free(name);
+			break;
 		}
+		if (!is_group(name)) {
+			*status = unknown_command(group, words[k]);
+			free(name);
+			break;
+		}
+		free(group);
+		group = name; /* a nested group: "image cache" */
 	}
-	*status = unknown_command(w, words[1]);
-	return NULL;
+	free(group);
+	return found;
 }
 
 static void short_usage(const struct args_cmd *cmd)

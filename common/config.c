@@ -67,6 +67,8 @@ static const struct ckey keys[] = {
 	{"net_range", CT_CIDR, OFF(net_range), 16, 29},
 	{"nat", CT_BOOL, OFF(nat), 0, 0},
 	{"nat_backend", CT_BACKEND, OFF(nat_backend), 0, 0},
+	{"helper_socket", CT_PATH, OFF(helper_socket), 0, 0},
+	{"agent_path", CT_PATH, OFF(agent_path), 0, 0},
 };
 #undef OFF
 
@@ -595,6 +597,8 @@ void config_release(struct bg_config *c)
 	free(c->bridge);
 	free(c->net_range);
 	free(c->nat_backend);
+	free(c->helper_socket);
+	free(c->agent_path);
 	memset(c, 0, sizeof(*c));
 }
 

@@ -43,6 +43,13 @@ struct bg_config {
 	int net_prefix;      /* and its prefix length */
 	bool nat;            /* masquerade guests out (net.nat.*); true */
 	char *nat_backend;   /* "nft" | "iptables"; "nft" */
+
+	/* VMs (docs/vms.md). */
+	char *helper_socket; /* the helper's socket as bangerd reaches it; NULL:
+			      * RUNTIME_DIR/banger-helper.sock (of the runtime
+			      * directory bangerd ends up with, flags included) */
+	char *agent_path;    /* the static banger-agent that kernel import puts in
+			      * initramfses; NULL: banger-agent next to bangerd */
 };
 
 /*

@@ -92,8 +92,56 @@
 #define BG_M_IMAGE_SHOW "image.show"
 #define BG_M_IMAGE_RM "image.rm"
 
+/*
+ * image.prune { dry_run: bool? (default false) }
+ *   -> { removed: [{digest: str, size: int}], freed: int, kept: int,
+ *        partials: int, orphans: [{path: str, size: int}] }
+ *   Frees what no image row uses: cached blobs outside every image's
+ *   manifest, config and layers (removed; kept counts the blobs left),
+ *   partial downloads no writer holds (partials), and directories under
+ *   STATE/images/ that no image row names (orphans: left by a crash between
+ *   a build's rename and its commit, or by image.rm).  freed is the bytes of
+ *   the removed blobs plus the disk space of the orphans.  dry_run: the same
+ *   answer, nothing removed.  Refused with BUSY while an image.pull job runs
+ *   on this node, or while another prune runs.  Blobs and image directories
+ *   changed after the request arrived are kept.
+ */
+#define BG_M_IMAGE_PRUNE "image.prune"
+
 /* oplog { job: int } -> { job: JOB, attempts: [ATTEMPT] } */
 #define BG_M_OPLOG "oplog"
+
+/*
+ * VMs (docs/vms.md).  They are made and removed by jobs (vm.create,
+ * vm.delete); `banger vm exec` and `vm rm` submit jobs through job.submit.
+ * vm.list { all: bool? (default false: not the deleted ones) } -> { vms: [VM] }
+ * vm.show { vm: str (name, or id) } -> VM
+ */
+#define BG_M_VM_LIST "vm.list"
+#define BG_M_VM_SHOW "vm.show"
+
+/*
+ * Guest kernels (STATE/kernels/NAME), handled in a pool thread.
+ * kernel.import { source: str (absolute path of a linux-image .deb, an
+ *                 extracted package directory, or a bare kernel image),
+ *                 name: str?, replace: bool? } -> KERNEL
+ * kernel.list {} -> { kernels: [KERNEL] }
+ * kernel.rm { name: str } -> { name: str }  (refused while a VM that is not
+ *                 deleted was booted from it)
+ */
+#define BG_M_KERNEL_IMPORT "kernel.import"
+#define BG_M_KERNEL_LIST "kernel.list"
+#define BG_M_KERNEL_RM "kernel.rm"
+
+/*
+ * doctor {} -> { drivers: [{name, usable: bool, accel: str?, detail: str}],
+ *                kvm: {present: bool, usable: bool, detail},
+ *                tun: {usable: bool, detail}, helper: {socket, reachable, detail},
+ *                agent: {path, present}, kernels: [str], qemu_img: bool }
+ *   What this host can run: the QEMU driver with the accelerator its probe
+ *   picks (KVM only when KVM can boot the guest), Firecracker (not built).
+ */
+#define BG_M_DOCTOR "doctor"
 
 /* ---- shapes --------------------------------------------------------------
  * JOBSUMMARY { id, submission, name, kind, state, priority, attempts,
@@ -111,6 +159,12 @@
  * IMAGE      { digest, refs: [str], rootfs: str, size: int (bytes of rootfs.ext4),
  *              content: int (bytes of the layers), config: str?, layers: [str],
  *              source: str, created: int, job: int?, used_by: [str] (VM names) }
+ * VM         { id (= its vm.create job), name, state (creating | running |
+ *              stopped | deleted), image (digest), kernel, vcpus, memory (bytes),
+ *              address?, tap?, pid?, node?, error?, overlay, run_dir, created,
+ *              deleted?, created_by, deleted_by? }
+ * KERNEL     { name, version, source, modular: bool, modules: [str], created
+ *              (Unix seconds), dir }
  * ATTEMPT    { attempt, epochs: [int], op, node, started, finished?, outcome?,
  *              error?, steps: [STEP] }
  * STEP       { seq, name, state, undo: any, result: any, error?, started,

@@ -55,6 +55,22 @@ void q_image_release(struct q_image *img)
 	memset(img, 0, sizeof(*img));
 }
 
+void q_vm_release(struct q_vm *vm)
+{
+	free(vm->name);
+	free(vm->state);
+	free(vm->image);
+	free(vm->rootfs);
+	free(vm->kernel);
+	free(vm->address);
+	free(vm->tap);
+	free(vm->overlay);
+	free(vm->run_dir);
+	free(vm->node);
+	free(vm->error);
+	memset(vm, 0, sizeof(*vm));
+}
+
 void q_attempt_release(struct q_attempt *a)
 {
 	free(a->op);

@@ -123,6 +123,25 @@ struct q_image {
 };
 void q_image_release(struct q_image *img);
 
+/* VM states (schema/003_vms.sql). */
+#define VS_CREATING "creating"
+#define VS_RUNNING "running"
+#define VS_STOPPED "stopped"
+#define VS_DELETED "deleted"
+
+/* A VM made by vm.create (schema/003_vms.sql); id = its vm.create job. */
+struct q_vm {
+	int64_t id;
+	char *name, *state, *image, *rootfs, *kernel;
+	int vcpus;
+	int64_t memory; /* bytes */
+	char *address, *tap, *overlay, *run_dir, *node, *error; /* address, tap, node,
+								  * error may be NULL */
+	int64_t pid; /* 0: none */
+	int64_t created, deleted, created_by, deleted_by;
+};
+void q_vm_release(struct q_vm *vm);
+
 struct q_claim_limit {
 	const char *kind;
 	int slots; /* > 0 */
@@ -243,6 +262,22 @@ struct queue_ops {
 	int (*image_list)(struct queue *q, int (*cb)(const struct q_image *img, void *arg),
 			  void *arg);
 	int (*image_delete)(struct queue *q, const char *digest);
+
+	/* vms: put inserts the row (replacing one of the same id: a retried
+	 * vm.create); BG_ERR_EXIST when a VM that is not deleted has the name
+	 * or address.  get by id; find by name: the VM of that name that is not
+	 * deleted, else the most recently deleted one (BG_ERR_NOENT).  list:
+	 * every VM not deleted (all: deleted ones too), by id.  set_state: pid
+	 * >= 0 replaces the pid; error (may be NULL) replaces the error; to
+	 * VS_DELETED it also sets deleted = now and deleted_by = job (0: none).
+	 * BG_ERR_NOENT when there is no such VM. */
+	int (*vm_put)(struct queue *q, const struct q_vm *vm);
+	int (*vm_get)(struct queue *q, int64_t id, struct q_vm *out);
+	int (*vm_find)(struct queue *q, const char *name, struct q_vm *out);
+	int (*vm_list)(struct queue *q, bool all, int (*cb)(const struct q_vm *vm, void *arg),
+		       void *arg);
+	int (*vm_set_state)(struct queue *q, int64_t id, const char *state, int64_t pid,
+			    const char *error, int64_t job, int64_t now);
 
 	/* events: seq assigned as the job's next; *seq_out may be NULL */
 	int (*event_append)(struct queue *q, int64_t job, int64_t ts, const char *stream,

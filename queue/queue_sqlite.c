@@ -84,6 +84,12 @@ enum stmt_id {
 	S_IMAGE_REFS,
 	S_IMAGE_DELETE,
 	S_IMAGE_REFS_DELETE,
+	S_VM_PUT,
+	S_VM_GET,
+	S_VM_FIND,
+	S_VM_LIST,
+	S_VM_LIST_ALL,
+	S_VM_SET_STATE,
 	S_NODE_GET,
 	S_NODE_UPSERT,
 	S_NODE_STOP,
@@ -99,6 +105,9 @@ enum stmt_id {
 	"j.error, j.result, s.idem_key, j.rollback_reason"
 #define JOB_FROM " FROM jobs j JOIN submissions s ON s.id = j.submission "
 #define IMAGE_COLS "digest, rootfs, size, content, config, layers, source, created, job"
+#define VM_COLS                                                                                  \
+	"id, name, state, image, rootfs, kernel, vcpus, memory, address, tap, overlay, run_dir, " \
+	"pid, node, error, created, deleted, created_by, deleted_by"
 /* the same columns from a RETURNING clause (no join: the key reads NULL) */
 #define JOB_COLS_ROW                                                                              \
 	"id, submission, name, kind, state, params, priority, attempt, failures, max_attempts, "  \
@@ -212,6 +221,23 @@ static const char *const sql[S_COUNT] = {
 	[S_IMAGE_REFS] = "SELECT ref FROM image_refs WHERE digest = ?1 ORDER BY ref",
 	[S_IMAGE_DELETE] = "DELETE FROM images WHERE digest = ?1",
 	[S_IMAGE_REFS_DELETE] = "DELETE FROM image_refs WHERE digest = ?1",
+	/* an upsert on id only: a clash on a live name or address stays an error */
+	[S_VM_PUT] = "INSERT INTO vms(" VM_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+		     "?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) "
+		     "ON CONFLICT(id) DO UPDATE SET name = ?2, state = ?3, image = ?4, rootfs = ?5, "
+		     "kernel = ?6, vcpus = ?7, memory = ?8, address = ?9, tap = ?10, overlay = ?11, "
+		     "run_dir = ?12, pid = ?13, node = ?14, error = ?15, created = ?16, "
+		     "deleted = ?17, created_by = ?18, deleted_by = ?19",
+	[S_VM_GET] = "SELECT " VM_COLS " FROM vms WHERE id = ?1",
+	[S_VM_FIND] = "SELECT " VM_COLS " FROM vms WHERE name = ?1 "
+		      "ORDER BY state = 'deleted', deleted DESC, id DESC LIMIT 1",
+	[S_VM_LIST] = "SELECT " VM_COLS " FROM vms WHERE state != 'deleted' ORDER BY id",
+	[S_VM_LIST_ALL] = "SELECT " VM_COLS " FROM vms ORDER BY id",
+	[S_VM_SET_STATE] = "UPDATE vms SET state = ?2, pid = CASE WHEN ?3 >= 0 THEN ?3 ELSE pid END, "
+			   "error = ?4, "
+			   "deleted = CASE WHEN ?2 = 'deleted' THEN COALESCE(deleted, ?6) ELSE deleted END, "
+			   "deleted_by = CASE WHEN ?2 = 'deleted' AND ?5 > 0 THEN ?5 ELSE deleted_by END "
+			   "WHERE id = ?1",
 	[S_NODE_GET] = "SELECT clean_stop FROM nodes WHERE id = ?1",
 	[S_NODE_UPSERT] = "INSERT INTO nodes(id, pid, started, heartbeat, clean_stop) "
 			  "VALUES (?1, ?2, ?3, ?3, 0) ON CONFLICT(id) DO UPDATE SET pid = ?2, "
@@ -1387,6 +1413,152 @@ static int sq_image_delete(struct queue *q, const char *digest)
 	return sqlite3_changes(s->db) ? 0 : BG_ERR_NOENT;
 }
 
+/* ---- vms --------------------------------------------------------------- */
+
+static void bind_id(sqlite3_stmt *st, int i, int64_t v)
+{
+	if (v)
+		sqlite3_bind_int64(st, i, v);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static int sq_vm_put(struct queue *q, const struct q_vm *vm)
+{
+	struct sq *s = SQ(q);
+	int rc = write_begin(s);
+	if (rc)
+		return rc;
+	sqlite3_stmt *st = stmt(s, S_VM_PUT);
+	sqlite3_bind_int64(st, 1, vm->id);
+	bind_text(st, 2, vm->name);
+	bind_text(st, 3, vm->state);
+	bind_text(st, 4, vm->image);
+	bind_text(st, 5, vm->rootfs);
+	bind_text(st, 6, vm->kernel);
+	sqlite3_bind_int64(st, 7, vm->vcpus);
+	sqlite3_bind_int64(st, 8, vm->memory);
+	bind_text(st, 9, vm->address);
+	bind_text(st, 10, vm->tap);
+	bind_text(st, 11, vm->overlay);
+	bind_text(st, 12, vm->run_dir);
+	bind_id(st, 13, vm->pid);
+	bind_text(st, 14, vm->node);
+	bind_text(st, 15, vm->error);
+	sqlite3_bind_int64(st, 16, vm->created);
+	bind_id(st, 17, vm->deleted);
+	sqlite3_bind_int64(st, 18, vm->created_by);
+	bind_id(st, 19, vm->deleted_by);
+	rc = exec_stmt(s, st);
+	if (rc == BG_ERR_EXIST)
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg),
+			 "a vm that is not deleted already has the name '%s' or the address '%s'",
+			 vm->name ? vm->name : "", vm->address ? vm->address : "");
+	return rc;
+}
+
+static void read_vm(sqlite3_stmt *st, struct q_vm *vm)
+{
+	memset(vm, 0, sizeof(*vm));
+	vm->id = sqlite3_column_int64(st, 0);
+	vm->name = col_text(st, 1);
+	vm->state = col_text(st, 2);
+	vm->image = col_text(st, 3);
+	vm->rootfs = col_text(st, 4);
+	vm->kernel = col_text(st, 5);
+	vm->vcpus = sqlite3_column_int(st, 6);
+	vm->memory = sqlite3_column_int64(st, 7);
+	vm->address = col_text(st, 8);
+	vm->tap = col_text(st, 9);
+	vm->overlay = col_text(st, 10);
+	vm->run_dir = col_text(st, 11);
+	vm->pid = sqlite3_column_int64(st, 12);
+	vm->node = col_text(st, 13);
+	vm->error = col_text(st, 14);
+	vm->created = sqlite3_column_int64(st, 15);
+	vm->deleted = sqlite3_column_int64(st, 16);
+	vm->created_by = sqlite3_column_int64(st, 17);
+	vm->deleted_by = sqlite3_column_int64(st, 18);
+}
+
+/* One row from a statement whose parameters are bound; BG_ERR_NOENT if none. */
+static int vm_one(struct sq *s, sqlite3_stmt *st, struct q_vm *out)
+{
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		read_vm(st, out);
+		done_stmt(st);
+		return 0;
+	}
+	rc = rc == SQLITE_DONE ? BG_ERR_NOENT : map_rc(s, rc);
+	done_stmt(st);
+	return rc;
+}
+
+static int sq_vm_get(struct queue *q, int64_t id, struct q_vm *out)
+{
+	struct sq *s = SQ(q);
+	sqlite3_stmt *st = stmt(s, S_VM_GET);
+	sqlite3_bind_int64(st, 1, id);
+	int rc = vm_one(s, st, out);
+	if (rc == BG_ERR_NOENT)
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "no vm %lld", (long long)id);
+	return rc;
+}
+
+static int sq_vm_find(struct queue *q, const char *name, struct q_vm *out)
+{
+	struct sq *s = SQ(q);
+	sqlite3_stmt *st = stmt(s, S_VM_FIND);
+	bind_text(st, 1, name);
+	int rc = vm_one(s, st, out);
+	if (rc == BG_ERR_NOENT)
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "no vm '%s'", name);
+	return rc;
+}
+
+static int sq_vm_list(struct queue *q, bool all, int (*cb)(const struct q_vm *, void *), void *arg)
+{
+	struct sq *s = SQ(q);
+	sqlite3_stmt *st = stmt(s, all ? S_VM_LIST_ALL : S_VM_LIST);
+	int rc, out = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct q_vm vm;
+		read_vm(st, &vm);
+		out = cb(&vm, arg);
+		q_vm_release(&vm);
+		if (out)
+			break;
+	}
+	if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW)
+		out = map_rc(s, rc);
+	done_stmt(st);
+	return out;
+}
+
+static int sq_vm_set_state(struct queue *q, int64_t id, const char *state, int64_t pid,
+			   const char *error, int64_t job, int64_t now)
+{
+	struct sq *s = SQ(q);
+	int rc = write_begin(s);
+	if (rc)
+		return rc;
+	sqlite3_stmt *st = stmt(s, S_VM_SET_STATE);
+	sqlite3_bind_int64(st, 1, id);
+	bind_text(st, 2, state);
+	sqlite3_bind_int64(st, 3, pid);
+	bind_text(st, 4, error);
+	sqlite3_bind_int64(st, 5, job);
+	sqlite3_bind_int64(st, 6, now);
+	if ((rc = exec_stmt(s, st)))
+		return rc;
+	if (sqlite3_changes(s->db) == 0) {
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "no vm %lld", (long long)id);
+		return BG_ERR_NOENT;
+	}
+	return 0;
+}
+
 /* ---- open / close ------------------------------------------------------ */
 
 static void sq_close(struct queue *q)
@@ -1443,6 +1615,11 @@ static const struct queue_ops sqlite_ops = {
 	.image_get = sq_image_get,
 	.image_list = sq_image_list,
 	.image_delete = sq_image_delete,
+	.vm_put = sq_vm_put,
+	.vm_get = sq_vm_get,
+	.vm_find = sq_vm_find,
+	.vm_list = sq_vm_list,
+	.vm_set_state = sq_vm_set_state,
 	.event_append = sq_event_append,
 	.events_read = sq_events_read,
 };

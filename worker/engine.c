@@ -1338,6 +1338,12 @@ int engine_running(void)
 	return E.nrunning;
 }
 
+int engine_running_kind(const char *kind)
+{
+	const struct kind *k = kinds_find(kind);
+	return k && E.kind_running ? E.kind_running[kind_index(k)] : 0;
+}
+
 void engine_close(void)
 {
 	uv_close((uv_handle_t *)&E.ev_async, NULL);

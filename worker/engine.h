@@ -77,6 +77,9 @@ bool engine_cancel(int64_t job);
  * no job is active any more. */
 void engine_drain(void (*done)(void));
 int engine_running(void);
+/* How many of this node's running jobs (rolling back included) are of the
+ * kind named kind; 0 for a kind this daemon does not know. */
+int engine_running_kind(const char *kind);
 void engine_close(void);
 
 /* Append an event to a job's stream from the loop thread; subscribers are

@@ -34,6 +34,9 @@ const struct kind *kinds_find(const char *name)
 void kinds_register_shipped(void)
 {
 	kinds_register(&kind_image_pull);
+	kinds_register(&kind_vm_create);
+	kinds_register(&kind_vm_exec);
+	kinds_register(&kind_vm_delete);
 }
 
 const struct kind *kinds_at(size_t i)

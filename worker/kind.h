@@ -90,5 +90,8 @@ void kinds_register_all(void);
 void kinds_register_shipped(void);
 
 extern const struct kind kind_image_pull; /* kind_image.c */
+extern const struct kind kind_vm_create; /* kind_vm.c */
+extern const struct kind kind_vm_exec;
+extern const struct kind kind_vm_delete;
 
 #endif

@@ -19,6 +19,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@
 #include "kind.h"
 #include "mpk.h"
 #include "queue.h"
+#include "registry.h"
 #include "rootfs.h"
 #include "util.h"
 
@@ -57,6 +59,30 @@ static char *auth_file(void)
 		return NULL;
 	}
 	return p;
+}
+
+/*
+ * One registry client for every pull this daemon makes: it keeps what it
+ * learnt about each registry (the scheme a loopback registry speaks, bearer
+ * tokens, open connections), so a warm pull by tag costs one HEAD and no
+ * TLS attempt.  Thread-safe (registry.c); made on first use, never freed.
+ */
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct reg_client *shared_client;
+static char *shared_auth;
+
+static struct reg_client *registry_client(char **errmsg)
+{
+	pthread_mutex_lock(&shared_mu);
+	if (!shared_client) {
+		shared_auth = auth_file();
+		struct reg_opts ro = {.auth_file = shared_auth};
+		if (reg_client_create(&ro, &shared_client, errmsg) != 0)
+			shared_client = NULL;
+	}
+	struct reg_client *c = shared_client;
+	pthread_mutex_unlock(&shared_mu);
+	return c;
 }
 
 static bool cancelled_cb(void *arg)
@@ -106,9 +132,13 @@ static int fetch_do(struct step_ctx *ctx)
 		goto out;
 	}
 	struct reg_opts ro = {.auth_file = auth};
+	char *cerr = NULL;
+	struct reg_client *shared = registry_client(&cerr);
+	free(cerr); /* without the shared client, imgsrc makes one for this call */
 	struct imgsrc_opts o = {
 		.platform = platform,
 		.reg = &ro,
+		.client = shared,
 		.cancelled = cancelled_cb,
 		.progress = progress_cb,
 		.arg = ctx,

@@ -27,6 +27,8 @@
 #include "queue.h"
 #include "server.h"
 #include "util.h"
+#include "vm.h"
+#include "vmrpc.h"
 
 static uv_loop_t *loop;
 static uv_signal_t sig_term, sig_int;
@@ -274,10 +276,15 @@ int main(int argc, char **argv)
 		.cfg = &cfg,
 	};
 	engine_init(loop, q, &eo);
+	vms_init(loop, q, &cfg, node);
+	vmrpc_init(loop, q, cfg.state_dir, cfg.runtime_dir);
 	if ((rc = engine_start(was_clean))) {
 		fprintf(stderr, "bangerd: recovery failed: %s (%s)\n", bg_strerror(rc), q->errmsg);
 		return 1;
 	}
+	/* VMs: re-adopt running hypervisors, reclaim what no VM owns (before
+	 * the loop runs, so nothing new is claimed meanwhile) */
+	vms_recover();
 	char *sock = xasprintf("%s/%s", cfg.runtime_dir, BG_SOCKET_NAME);
 	char *db_desc = cfg.db ? xstrdup(cfg.db) : xasprintf("%s/queue.db", cfg.state_dir);
 	struct server_opts so = {

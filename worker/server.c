@@ -11,19 +11,25 @@
  * Memory: a conn is freed in its close callback, and only when no commit
  * callback still refers to it (refs).
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "blobstore.h"
 #include "commit.h"
 #include "engine.h"
 #include "err.h"
 #include "failpoint.h"
+#include "imgsrc.h"
+#include "kind.h"
 #include "log.h"
 #include "mpk.h"
 #include "protocol.h"
@@ -32,6 +38,7 @@
 #include "server.h"
 #include "spec.h"
 #include "util.h"
+#include "vmrpc.h"
 
 #define TAIL_HIGH_WATER (1u << 20)
 
@@ -69,6 +76,7 @@ static struct {
 	struct conn *conns;
 	struct sub *subs;
 	bool stopping;
+	bool pruning; /* an image.prune is in the pool */
 } S;
 
 static void conn_close(struct conn *c);
@@ -790,6 +798,25 @@ static void m_stats(struct conn *c, uint32_t id, const msgpack_object *params)
 
 /* ---- images ------------------------------------------------------------- */
 
+/* The VMs (not deleted) whose root disks are overlays of an image: counted,
+ * or packed as names when pk is set. */
+struct image_users {
+	const char *digest;
+	msgpack_packer *pk;
+	size_t n;
+};
+
+static int image_user_cb(const struct q_vm *vm, void *arg)
+{
+	struct image_users *u = arg;
+	if (vm->image && strcmp(vm->image, u->digest) == 0) {
+		if (u->pk)
+			mpk_pack_str(u->pk, vm->name);
+		u->n++;
+	}
+	return 0;
+}
+
 static void pack_image(msgpack_packer *pk, const struct q_image *img)
 {
 	msgpack_pack_map(pk, 11);
@@ -814,9 +841,12 @@ static void pack_image(msgpack_packer *pk, const struct q_image *img)
 		mpk_kv_int(pk, "job", img->job);
 	else
 		mpk_kv_nil(pk, "job");
-	/* VMs are not built yet: nothing uses an image */
+	struct image_users u = {.digest = img->digest};
+	S.q->ops->vm_list(S.q, false, image_user_cb, &u);
 	mpk_pack_str(pk, "used_by");
-	msgpack_pack_array(pk, 0);
+	msgpack_pack_array(pk, u.n);
+	u.pk = pk;
+	S.q->ops->vm_list(S.q, false, image_user_cb, &u);
 }
 
 static int count_image_cb(const struct q_image *img, void *arg)
@@ -919,6 +949,15 @@ static void m_image_rm(struct conn *c, uint32_t id, const msgpack_object *params
 	struct q_image img;
 	if (get_image(c, id, params, &img))
 		return;
+	struct image_users u = {.digest = img.digest};
+	S.q->ops->vm_list(S.q, false, image_user_cb, &u);
+	if (u.n) {
+		reply_error(c, id, BG_ERR_BUSY, "image %s is the root disk of %zu vm%s: delete %s "
+			    "first (banger vm list)", img.digest, u.n, u.n == 1 ? "" : "s",
+			    u.n == 1 ? "it" : "them");
+		q_image_release(&img);
+		return;
+	}
 	int rc = S.q->ops->image_delete(S.q, img.digest);
 	if (rc) {
 		reply_error(c, id, rc, "cannot remove image %s: %s", img.digest, S.q->errmsg);
@@ -934,6 +973,413 @@ static void m_image_rm(struct conn *c, uint32_t id, const msgpack_object *params
 	c->refs++;
 	commit_after(image_rm_durable, op);
 	q_image_release(&img);
+}
+
+/* ---- image.prune ---------------------------------------------------------
+ *
+ * The keep set comes from the images table, read here on the loop thread
+ * (the only thread that may use the queue).  Everything that touches the
+ * disk (reading manifests for imgsrc_image_blobs, listing and deleting
+ * blobs and image directories) runs in a pool thread; the reply is sent
+ * from the after-work callback, back on the loop thread.
+ *
+ * Refused while an image.pull job runs on this node.  A pull that starts
+ * while the prune runs is protected by time and locks: blobs and image
+ * directories changed after the request arrived (less PRUNE_SLACK_US, for
+ * the kernel's coarse file clock) are kept, a directory whose .lock a build
+ * holds is kept, and blobstore_prune keeps partial downloads a writer holds.
+ * (A pull that reuses blobs or an orphan directory already on disk during
+ * that window can still lose them; its build then fails and is retried.)
+ */
+
+#define PRUNE_SLACK_US 50000
+
+struct strs {
+	char **v;
+	size_t n, cap;
+};
+
+static void strs_add(struct strs *l, char *owned)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 16;
+		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
+	}
+	l->v[l->n++] = owned;
+}
+
+static void strs_release(struct strs *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
+static int cmp_strp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+struct prune_item {
+	char *name; /* a blob digest, or an image directory's path */
+	uint64_t size;
+};
+
+struct prune_items {
+	struct prune_item *v;
+	size_t n, cap;
+};
+
+static void items_add(struct prune_items *l, char *owned, uint64_t size)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 16;
+		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
+	}
+	l->v[l->n].name = owned;
+	l->v[l->n++].size = size;
+}
+
+static void items_release(struct prune_items *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i].name);
+	free(l->v);
+}
+
+/* One prune request.  The loop thread fills the input, the pool thread the
+ * results; the after-work callback reads them and frees the op. */
+struct prune_op {
+	uv_work_t work;
+	struct conn *c; /* c->refs holds it until the after-work callback */
+	uint32_t id;
+	char op[64];
+	bool dry_run;
+	int64_t since; /* when the request arrived */
+	char *state_dir;
+	/* input, from the images table */
+	struct strs manifests; /* each image's manifest digest */
+	struct strs blobs;     /* digest, config and layers each row lists */
+	struct strs dirs;      /* the image directories rows name (full paths) */
+	/* results */
+	int rc;
+	char *err;
+	struct blobstore_prune_stats st;
+	struct prune_items removed, orphans;
+	uint64_t orphan_bytes;
+};
+
+static void prune_op_free(struct prune_op *op)
+{
+	free(op->state_dir);
+	strs_release(&op->manifests);
+	strs_release(&op->blobs);
+	strs_release(&op->dirs);
+	free(op->err);
+	items_release(&op->removed);
+	items_release(&op->orphans);
+	free(op);
+}
+
+/* image_list callback (loop thread): what this image keeps. */
+static int prune_collect_cb(const struct q_image *img, void *arg)
+{
+	struct prune_op *op = arg;
+	if (img->digest) {
+		strs_add(&op->manifests, xstrdup(img->digest));
+		strs_add(&op->blobs, xstrdup(img->digest));
+		if (blobstore_digest_valid(img->digest))
+			strs_add(&op->dirs,
+				 xasprintf("%s/images/%s", op->state_dir, img->digest + 7));
+	}
+	if (img->config)
+		strs_add(&op->blobs, xstrdup(img->config));
+	if (img->layers && img->layers_len && mpk_prescan(img->layers, img->layers_len) == 0) {
+		msgpack_unpacked u;
+		size_t off = 0;
+		msgpack_unpacked_init(&u);
+		if (msgpack_unpack_next(&u, img->layers, img->layers_len, &off) ==
+			    MSGPACK_UNPACK_SUCCESS &&
+		    u.data.type == MSGPACK_OBJECT_ARRAY) {
+			for (uint32_t i = 0; i < u.data.via.array.size; i++) {
+				const msgpack_object *o = &u.data.via.array.ptr[i];
+				if (o->type == MSGPACK_OBJECT_STR)
+					strs_add(&op->blobs,
+						 xstrndup(o->via.str.ptr, o->via.str.size));
+			}
+		}
+		msgpack_unpacked_destroy(&u);
+	}
+	const char *slash = img->rootfs ? strrchr(img->rootfs, '/') : NULL;
+	if (slash && slash > img->rootfs)
+		strs_add(&op->dirs, xstrndup(img->rootfs, (size_t)(slash - img->rootfs)));
+	return 0;
+}
+
+static void prune_removed_cb(void *arg, const char *digest, uint64_t size)
+{
+	items_add(&((struct prune_op *)arg)->removed, xstrdup(digest), size);
+}
+
+static int64_t stat_changed_us(const struct stat *st)
+{
+	int64_t c = (int64_t)st->st_ctim.tv_sec * 1000000 + st->st_ctim.tv_nsec / 1000;
+	int64_t m = (int64_t)st->st_mtim.tv_sec * 1000000 + st->st_mtim.tv_nsec / 1000;
+	return c > m ? c : m;
+}
+
+static bool is_digest_hex(const char *s)
+{
+	size_t n = 0;
+	for (; s[n]; n++)
+		if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+			return false;
+	return n == 64;
+}
+
+/*
+ * Pool thread: remove the image directory name (in the directory parent, at
+ * path) if it is an orphan banger made and nothing is using it: holding
+ * its build lock, it must hold only files (rootfs.ext4, temp files, .lock),
+ * none changed since the request.  Adds it to op->orphans when it goes (or
+ * would go, for a dry run).
+ */
+static void prune_orphan_dir(struct prune_op *op, int parent, const char *name, char *path)
+{
+	int64_t young = op->since - PRUNE_SLACK_US;
+	struct strs files = {0};
+	uint64_t bytes = 0;
+	bool keep = false;
+	int lock = -1;
+	DIR *d = NULL;
+	struct stat st;
+	int dfd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0 || fstat(dfd, &st) < 0 || stat_changed_us(&st) >= young)
+		goto out; /* not a directory, gone, or new */
+	/* a build (or a pull waiting for one) holds it */
+	lock = openat(dfd, ".lock", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) < 0)
+		goto out;
+	int dfd2 = dup(dfd);
+	if (dfd2 < 0 || !(d = fdopendir(dfd2))) {
+		if (dfd2 >= 0)
+			close(dfd2);
+		goto out;
+	}
+	struct dirent *de;
+	while ((de = readdir(d)) && !keep) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		struct stat es;
+		if (fstatat(dfd, de->d_name, &es, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		/* a subdirectory is not what image.pull makes; something new is in use */
+		if (S_ISDIR(es.st_mode) || stat_changed_us(&es) >= young)
+			keep = true;
+		bytes += (uint64_t)es.st_blocks * 512;
+		strs_add(&files, xstrdup(de->d_name));
+	}
+	if (keep)
+		goto out;
+	if (!op->dry_run) {
+		for (size_t i = 0; i < files.n; i++) {
+			if (unlinkat(dfd, files.v[i], 0) < 0 && errno != ENOENT) {
+				log_warn(op->op, 0, "cannot remove '%s/%s': %s", path, files.v[i],
+					 strerror(errno));
+				goto out;
+			}
+		}
+		if (unlinkat(parent, name, AT_REMOVEDIR) < 0) {
+			log_warn(op->op, 0, "cannot remove '%s': %s", path, strerror(errno));
+			goto out;
+		}
+	}
+	op->orphan_bytes += bytes;
+	items_add(&op->orphans, path, bytes);
+	path = NULL;
+out:
+	if (d)
+		closedir(d);
+	if (lock >= 0)
+		close(lock); /* only now: a build waiting on it finds the directory gone */
+	if (dfd >= 0)
+		close(dfd);
+	strs_release(&files);
+	free(path);
+}
+
+/* Pool thread: every directory under STATE/images that no row names. */
+static int prune_orphans(struct prune_op *op)
+{
+	char *images = xasprintf("%s/images", op->state_dir);
+	DIR *d = opendir(images);
+	if (!d) {
+		int rc = errno == ENOENT ? 0 : bg_errno(errno);
+		if (rc)
+			op->err = xasprintf("cannot list '%s': %s", images, strerror(errno));
+		free(images);
+		return rc;
+	}
+	qsort(op->dirs.v, op->dirs.n, sizeof(char *), cmp_strp);
+	struct strs names = {0};
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (is_digest_hex(de->d_name))
+			strs_add(&names, xstrdup(de->d_name));
+	for (size_t i = 0; i < names.n; i++) {
+		char *path = xasprintf("%s/%s", images, names.v[i]);
+		if (op->dirs.n &&
+		    bsearch(&path, op->dirs.v, op->dirs.n, sizeof(char *), cmp_strp)) {
+			free(path);
+			continue;
+		}
+		prune_orphan_dir(op, dirfd(d), names.v[i], path);
+	}
+	if (!op->dry_run && op->orphans.n)
+		fsync(dirfd(d));
+	strs_release(&names);
+	closedir(d);
+	free(images);
+	return 0;
+}
+
+static void prune_work(uv_work_t *w)
+{
+	struct prune_op *op = w->data;
+	char *dir = xasprintf("%s/blobs", op->state_dir);
+	struct blobstore *bs = NULL;
+	struct strs keep = {0};
+	struct stat st;
+
+	/* without a cache there are no blobs to prune: do not create one */
+	if (stat(dir, &st) == 0) {
+		if ((op->rc = blobstore_open(dir, &bs, &op->err)))
+			goto out;
+		for (size_t i = 0; i < op->blobs.n; i++)
+			if (blobstore_digest_valid(op->blobs.v[i]))
+				strs_add(&keep, xstrdup(op->blobs.v[i]));
+		for (size_t i = 0; i < op->manifests.n; i++) {
+			char **v = NULL, *err = NULL;
+			size_t n = 0;
+			int rc = imgsrc_image_blobs(bs, op->manifests.v[i], &v, &n, &err);
+			if (rc) {
+				/* the row's own list still keeps its manifest, config and layers */
+				log_warn(op->op, 0, "image %s: %s (keeping the blobs its row "
+					 "lists)", op->manifests.v[i], err ? err : bg_strerror(rc));
+				free(err);
+				continue;
+			}
+			for (size_t k = 0; k < n; k++)
+				strs_add(&keep, v[k]);
+			free(v);
+		}
+		int64_t grace = now_us() - op->since + PRUNE_SLACK_US;
+		op->rc = blobstore_prune(bs, (const char *const *)keep.v, keep.n, grace,
+					 op->dry_run, prune_removed_cb, op, &op->st, &op->err);
+		if (op->rc)
+			goto out;
+	}
+	op->rc = prune_orphans(op);
+out:
+	if (bs)
+		blobstore_close(bs);
+	strs_release(&keep);
+	free(dir);
+}
+
+static void prune_done(uv_work_t *w, int status)
+{
+	struct prune_op *op = w->data;
+	struct conn *c = op->c;
+	S.pruning = false;
+	c->refs--;
+	if (status < 0 && op->rc == 0)
+		op->rc = BG_ERR_CANCELED;
+	uint64_t freed = op->st.removed_bytes + op->orphan_bytes;
+	if (op->rc == 0)
+		log_info(op->op, 0, "image cache %s: %zu blob(s), %zu partial(s), %zu image "
+			 "director%s, %llu bytes; %zu blob(s) kept",
+			 op->dry_run ? "prune dry run" : "pruned", op->st.removed,
+			 op->st.partials_removed, op->orphans.n, op->orphans.n == 1 ? "y" : "ies",
+			 (unsigned long long)freed, op->st.kept);
+	if (c->closing) {
+		if (c->refs == 0)
+			conn_close(c);
+	} else if (op->rc) {
+		reply_error(c, op->id, op->rc, "image cache not pruned: %s",
+			    op->err ? op->err : bg_strerror(op->rc));
+	} else {
+		struct reply r;
+		reply_begin(&r, op->id);
+		msgpack_packer *pk = &r.pk;
+		msgpack_pack_map(pk, 5);
+		mpk_pack_str(pk, "removed");
+		msgpack_pack_array(pk, op->removed.n);
+		for (size_t i = 0; i < op->removed.n; i++) {
+			msgpack_pack_map(pk, 2);
+			mpk_kv_str(pk, "digest", op->removed.v[i].name);
+			mpk_kv_int(pk, "size", (int64_t)op->removed.v[i].size);
+		}
+		mpk_kv_int(pk, "freed", (int64_t)freed);
+		mpk_kv_int(pk, "kept", (int64_t)op->st.kept);
+		mpk_kv_int(pk, "partials", (int64_t)op->st.partials_removed);
+		mpk_pack_str(pk, "orphans");
+		msgpack_pack_array(pk, op->orphans.n);
+		for (size_t i = 0; i < op->orphans.n; i++) {
+			msgpack_pack_map(pk, 2);
+			mpk_kv_str(pk, "path", op->orphans.v[i].name);
+			mpk_kv_int(pk, "size", (int64_t)op->orphans.v[i].size);
+		}
+		reply_end(c, &r);
+	}
+	prune_op_free(op);
+}
+
+static void m_image_prune(struct conn *c, uint32_t id, const msgpack_object *params)
+{
+	bool dry_run = false;
+	if (mpk_get_bool(params, "dry_run", &dry_run) == BG_ERR_INVAL) {
+		reply_error(c, id, BG_ERR_INVAL, "'dry_run' must be true or false");
+		return;
+	}
+	if (S.pruning) {
+		reply_error(c, id, BG_ERR_BUSY, "the image cache is already being pruned (by "
+			    "another request); try again when it ends");
+		return;
+	}
+	int pulls = engine_running_kind(kind_image_pull.name);
+	if (pulls > 0) {
+		reply_error(c, id, BG_ERR_BUSY, "refusing to prune the image cache: %d '%s' "
+			    "job%s running on this node; try again when %s", pulls,
+			    kind_image_pull.name, pulls == 1 ? " is" : "s are",
+			    pulls == 1 ? "it ends" : "they end");
+		return;
+	}
+	struct prune_op *op = xcalloc(1, sizeof(*op));
+	op->c = c;
+	op->id = id;
+	snprintf(op->op, sizeof(op->op), "%s", c->op);
+	op->dry_run = dry_run;
+	op->since = now_us();
+	op->state_dir = xstrdup(S.o.state_dir);
+	int rc = S.q->ops->image_list(S.q, prune_collect_cb, op);
+	if (rc) {
+		reply_error(c, id, rc, "cannot list images: %s", S.q->errmsg);
+		prune_op_free(op);
+		return;
+	}
+	op->work.data = op;
+	if (uv_queue_work(S.loop, &op->work, prune_work, prune_done) != 0) {
+		/* its callback never fires */
+		reply_error(c, id, BG_ERR_NOMEM, "cannot start pruning the image cache");
+		prune_op_free(op);
+		return;
+	}
+	c->refs++;
+	S.pruning = true;
+	log_debug(c->op, 0, "image cache prune%s started: %zu image(s)",
+		  dry_run ? " (dry run)" : "", op->manifests.n);
 }
 
 /* ---- tails --------------------------------------------------------------- */
@@ -1127,6 +1573,42 @@ bool server_has_subscribers(void)
 	return S.subs != NULL;
 }
 
+/* ---- for handlers in other files (server.h) ----------------------------- */
+
+void server_reply(struct conn *c, uint32_t id, const void *result, size_t len)
+{
+	struct reply r;
+	reply_begin(&r, id);
+	msgpack_sbuffer_write(&r.sb, result, len);
+	reply_end(c, &r);
+}
+
+void server_reply_error(struct conn *c, uint32_t id, int code, const char *msg)
+{
+	reply_error(c, id, code, "%s", msg);
+}
+
+void server_hold(struct conn *c)
+{
+	c->refs++;
+}
+
+bool server_unhold(struct conn *c)
+{
+	c->refs--;
+	if (c->closing) {
+		if (c->refs == 0)
+			conn_close(c);
+		return false;
+	}
+	return true;
+}
+
+const char *server_op(const struct conn *c)
+{
+	return c->op;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static const struct method {
@@ -1137,6 +1619,10 @@ static const struct method {
 	{BG_M_JOB_SHOW, m_show},   {BG_M_JOB_CANCEL, m_cancel}, {BG_M_JOB_RETRY, m_retry},
 	{BG_M_JOB_TAIL, m_tail},   {BG_M_OPLOG, m_oplog},       {BG_M_JOB_STATS, m_stats},
 	{BG_M_IMAGE_LIST, m_image_list}, {BG_M_IMAGE_SHOW, m_image_show}, {BG_M_IMAGE_RM, m_image_rm},
+	{BG_M_IMAGE_PRUNE, m_image_prune},
+	{BG_M_VM_LIST, vmrpc_vm_list},     {BG_M_VM_SHOW, vmrpc_vm_show},
+	{BG_M_KERNEL_IMPORT, vmrpc_kernel_import}, {BG_M_KERNEL_LIST, vmrpc_kernel_list},
+	{BG_M_KERNEL_RM, vmrpc_kernel_rm}, {BG_M_DOCTOR, vmrpc_doctor},
 };
 
 static void dispatch(struct conn *c, const char *body, size_t len)

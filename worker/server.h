@@ -7,6 +7,7 @@
 #define BANGER_SERVER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -26,5 +27,21 @@ void server_stop(void);
 /* New durable events for job: wake the tails following it. */
 void server_notify(int64_t job);
 bool server_has_subscribers(void);
+
+/*
+ * For methods served outside this file (vmrpc.c: vm.*, kernel.*, doctor),
+ * listed in the dispatch table here.  A handler answers exactly once, at
+ * once or later on the loop thread: server_reply with the packed result, or
+ * server_reply_error.  While an answer is pending (work in the pool) it
+ * holds the connection (server_hold) and lets go (server_unhold) before
+ * answering: false means the client went away, and then nothing is sent.
+ */
+struct conn;
+void server_reply(struct conn *c, uint32_t id, const void *result, size_t len);
+void server_reply_error(struct conn *c, uint32_t id, int code, const char *msg);
+void server_hold(struct conn *c);
+bool server_unhold(struct conn *c);
+/* The op id of the connection's current request. */
+const char *server_op(const struct conn *c);
 
 #endif

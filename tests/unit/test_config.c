@@ -438,3 +438,37 @@ TEST(config_helper_bad_values)
 	free(path);
 	env_end();
 }
+
+TEST(config_vm_keys)
+{
+	env_begin();
+	struct bg_config c;
+	char *err = NULL;
+	char *path = test_write_file("cfg/vm-default.yaml", "workers: 2\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK(c.helper_socket == NULL); /* bangerd derives it from its runtime dir */
+	CHECK(c.agent_path == NULL);
+	config_release(&c);
+	free(path);
+
+	path = test_write_file("cfg/vm.yaml", "helper_socket: /run/banger/banger-helper.sock\n"
+					      "agent_path: /usr/lib/banger/banger-agent\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK_EQ_STR(c.helper_socket, "/run/banger/banger-helper.sock");
+	CHECK_EQ_STR(c.agent_path, "/usr/lib/banger/banger-agent");
+	config_release(&c);
+	free(path);
+
+	path = test_write_file("cfg/vm-bad.yaml", "helper_socket: run/helper.sock\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), BG_ERR_INVAL);
+	CHECK_STR_CONTAINS(err ? err : "", "vm-bad.yaml:1:16: 'helper_socket' must be an absolute path");
+	free(err);
+	err = NULL;
+	free(path);
+	path = test_write_file("cfg/vm-typo.yaml", "agent-path: /x\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), BG_ERR_INVAL);
+	CHECK_STR_CONTAINS(err ? err : "", "(did you mean 'agent_path'?)");
+	free(err);
+	free(path);
+	env_end();
+}

@@ -61,6 +61,7 @@
 	X(config_missing_file)        \
 	X(config_helper_keys)         \
 	X(config_helper_bad_values)   \
+	X(config_vm_keys)             \
 	/* tests/unit/test_helper.c */ \
 	X(helper_frame_len)           \
 	X(helper_prescan_bounds_allocation) \
@@ -74,6 +75,9 @@
 	X(helper_policy_checked)      \
 	X(helper_inverse_table)       \
 	X(helper_plan_record)         \
+	/* tests/unit/test_vm.c */     \
+	X(vm_name_rules)              \
+	X(vm_kinds_registered)        \
 	/* tests/unit/test_queue.c */  \
 	X(queue_migrations_applied)   \
 	X(queue_fencing_by_epoch)     \
@@ -82,6 +86,7 @@
 	X(queue_dependents_released_or_skipped) \
 	X(queue_events_sequence_per_job) \
 	X(queue_images_by_ref_and_digest) \
+	X(queue_vms_names_addresses_and_states) \
 	/* tests/unit/test_imgsrc.c */ \
 	X(imgsrc_ref_parse)           \
 	X(imgsrc_ref_errors)          \

@@ -262,3 +262,91 @@ TEST(queue_images_by_ref_and_digest)
 	CHECK_EQ_INT(q->ops->image_delete(q, "sha256:aaaa"), BG_ERR_NOENT);
 	q->ops->close(q);
 }
+
+static int count_vms_cb(const struct q_vm *vm, void *arg)
+{
+	(*(int *)arg)++;
+	return 0;
+}
+
+TEST(queue_vms_names_addresses_and_states)
+{
+	struct queue *q = open_q("vms");
+	REQUIRE(q);
+	struct q_vm vm = {.id = 7, .name = "box-1", .state = VS_CREATING, .image = "sha256:aa",
+			  .rootfs = "/s/images/aa/rootfs.ext4", .kernel = "6.1", .vcpus = 1,
+			  .memory = 256 << 20, .address = "10.213.0.2", .tap = "bg00000007",
+			  .overlay = "/s/vms/7/root.qcow2", .run_dir = "/r/vms/7", .node = "n1",
+			  .created = 100, .created_by = 7};
+	CHECK_EQ_INT(q->ops->vm_put(q, &vm), 0);
+	/* a second live VM may not take the name or the address */
+	struct q_vm other = vm;
+	other.id = 8;
+	other.created_by = 8;
+	other.address = "10.213.0.3";
+	CHECK_EQ_INT(q->ops->vm_put(q, &other), BG_ERR_EXIST);
+	CHECK_STR_CONTAINS(q->errmsg, "box-1");
+	other.name = "box-2";
+	other.address = "10.213.0.2";
+	CHECK_EQ_INT(q->ops->vm_put(q, &other), BG_ERR_EXIST);
+	other.address = NULL; /* no NIC */
+	other.tap = NULL;
+	CHECK_EQ_INT(q->ops->vm_put(q, &other), 0);
+
+	struct q_vm got;
+	REQUIRE(q->ops->vm_find(q, "box-1", &got) == 0);
+	CHECK_EQ_INT(got.id, 7);
+	CHECK_EQ_STR(got.state, VS_CREATING);
+	CHECK_EQ_INT(got.memory, 256 << 20);
+	CHECK_EQ_STR(got.tap, "bg00000007");
+	CHECK(got.pid == 0 && got.deleted == 0 && got.deleted_by == 0);
+	q_vm_release(&got);
+	REQUIRE(q->ops->vm_get(q, 8, &got) == 0);
+	CHECK(got.address == NULL && got.tap == NULL);
+	q_vm_release(&got);
+
+	CHECK_EQ_INT(q->ops->vm_set_state(q, 7, VS_RUNNING, 4242, NULL, 0, 200), 0);
+	REQUIRE(q->ops->vm_get(q, 7, &got) == 0);
+	CHECK_EQ_STR(got.state, VS_RUNNING);
+	CHECK_EQ_INT(got.pid, 4242);
+	q_vm_release(&got);
+	/* pid < 0 keeps it; an error is recorded */
+	CHECK_EQ_INT(q->ops->vm_set_state(q, 7, VS_STOPPED, -1, "qemu exited", 0, 300), 0);
+	REQUIRE(q->ops->vm_get(q, 7, &got) == 0);
+	CHECK_EQ_INT(got.pid, 4242);
+	CHECK_EQ_STR(got.error, "qemu exited");
+	q_vm_release(&got);
+	CHECK_EQ_INT(q->ops->vm_set_state(q, 99, VS_RUNNING, 1, NULL, 0, 300), BG_ERR_NOENT);
+
+	/* deleted: kept, with who and when; the name and address are free again */
+	CHECK_EQ_INT(q->ops->vm_set_state(q, 7, VS_DELETED, -1, NULL, 12, 400), 0);
+	int n = 0;
+	CHECK_EQ_INT(q->ops->vm_list(q, false, count_vms_cb, &n), 0);
+	CHECK_EQ_INT(n, 1);
+	n = 0;
+	CHECK_EQ_INT(q->ops->vm_list(q, true, count_vms_cb, &n), 0);
+	CHECK_EQ_INT(n, 2);
+	REQUIRE(q->ops->vm_find(q, "box-1", &got) == 0);
+	CHECK_EQ_STR(got.state, VS_DELETED);
+	CHECK_EQ_INT(got.deleted, 400);
+	CHECK_EQ_INT(got.deleted_by, 12);
+	q_vm_release(&got);
+	struct q_vm again = vm;
+	again.id = 9;
+	again.created_by = 9;
+	CHECK_EQ_INT(q->ops->vm_put(q, &again), 0);
+	/* by name: the live one wins over the deleted one */
+	REQUIRE(q->ops->vm_find(q, "box-1", &got) == 0);
+	CHECK_EQ_INT(got.id, 9);
+	q_vm_release(&got);
+	/* a retried vm.create replaces its own row */
+	again.state = VS_RUNNING;
+	CHECK_EQ_INT(q->ops->vm_put(q, &again), 0);
+	REQUIRE(q->ops->vm_get(q, 9, &got) == 0);
+	CHECK_EQ_STR(got.state, VS_RUNNING);
+	q_vm_release(&got);
+	CHECK_EQ_INT(q->ops->vm_find(q, "nope", &got), BG_ERR_NOENT);
+	uint64_t no;
+	CHECK_EQ_INT(q->ops->commit(q, &no), 0);
+	q->ops->close(q);
+}
