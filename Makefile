@@ -102,7 +102,7 @@ bench: deps
 
 demo: deps
 	$(MAKE) all
-	sh ci/demo.sh
+	bash ci/demo.sh
 
 deps:
 	sh ci/install-deps.sh
