@@ -89,6 +89,20 @@ char *xasprintf(const char *fmt, ...)
 	return sb_detach(&sb);
 }
 
+void errmsg_set(char **errmsg, const char *fmt, ...)
+{
+	if (!errmsg)
+		return;
+	struct sb sb;
+	va_list ap;
+	sb_init(&sb);
+	va_start(ap, fmt);
+	sb_vaddf(&sb, fmt, ap);
+	va_end(ap);
+	free(*errmsg);
+	*errmsg = sb_detach(&sb);
+}
+
 void sb_init(struct sb *sb)
 {
 	sb->buf = NULL;

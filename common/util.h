@@ -23,6 +23,11 @@ void *xcalloc(size_t n, size_t sz);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+/* Replace *errmsg (freeing what it held) with a newly formatted message, for
+ * functions that report errors through a char **errmsg the caller frees.
+ * Does nothing when errmsg is NULL. */
+void errmsg_set(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Newly allocated, formatted string; the caller owns it. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -91,21 +91,6 @@ static void cond_init_mono(pthread_cond_t *c)
 	pthread_condattr_destroy(&a);
 }
 
-static void set_err(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char **errmsg, const char *fmt, ...)
-{
-	if (!errmsg)
-		return;
-	struct sb sb;
-	va_list ap;
-	sb_init(&sb);
-	va_start(ap, fmt);
-	sb_vaddf(&sb, fmt, ap);
-	va_end(ap);
-	free(*errmsg);
-	*errmsg = sb_detach(&sb);
-}
-
 static void conn_unref(struct agent_conn *c)
 {
 	pthread_mutex_lock(&c->mu);
@@ -405,24 +390,24 @@ static int handshake(struct agent_conn *c, int64_t deadline, int watch_fd, char 
 		int64_t now = mono_us();
 		if (now >= next_send) {
 			if (send_hello(c) < 0) {
-				set_err(errmsg, "cannot write to the agent's socket");
+				errmsg_set(errmsg, "cannot write to the agent's socket");
 				return BG_ERR_CLOSED;
 			}
 			next_send = now + HELLO_RESEND_US;
 		}
 		if (now >= deadline) {
-			set_err(errmsg, "the agent did not answer in time");
+			errmsg_set(errmsg, "the agent did not answer in time");
 			return BG_ERR_TIMEDOUT;
 		}
 		int64_t until = next_send < deadline ? next_send : deadline;
 		struct pollfd p[2] = {{c->fd, POLLIN, 0}, {watch_fd, POLLIN, 0}};
 		int r = poll(p, watch_fd >= 0 ? 2 : 1, (int)((until - now + 999) / 1000));
 		if (r < 0 && errno != EINTR) {
-			set_err(errmsg, "poll: %s", strerror(errno));
+			errmsg_set(errmsg, "poll: %s", strerror(errno));
 			return BG_ERR_IO;
 		}
 		if (watch_fd >= 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-			set_err(errmsg, "the hypervisor exited before the agent answered");
+			errmsg_set(errmsg, "the hypervisor exited before the agent answered");
 			return BG_ERR_CLOSED;
 		}
 		if (r <= 0 || !(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
@@ -431,7 +416,7 @@ static int handshake(struct agent_conn *c, int64_t deadline, int watch_fd, char 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			set_err(errmsg, "the agent's socket closed before the agent answered");
+			errmsg_set(errmsg, "the agent's socket closed before the agent answered");
 			return BG_ERR_CLOSED;
 		}
 		c->len += (size_t)n;
@@ -442,7 +427,7 @@ static int handshake(struct agent_conn *c, int64_t deadline, int watch_fd, char 
 				skipped += c->len - keep;
 				buf_consume(c, c->len - keep);
 				if (skipped > SCAN_MAX) {
-					set_err(errmsg, "no sync from the agent in %zu bytes", skipped);
+					errmsg_set(errmsg, "no sync from the agent in %zu bytes", skipped);
 					return BG_ERR_PROTO;
 				}
 				continue;
@@ -485,7 +470,7 @@ int agent_connect_fd(int fd, int64_t timeout_us, int watch_fd, struct agent_conn
 	if (rc < 0)
 		goto fail;
 	if (c->info.version != AP_VERSION) {
-		set_err(errmsg, "the agent speaks protocol %d, bangerd %d: re-import the kernel",
+		errmsg_set(errmsg, "the agent speaks protocol %d, bangerd %d: re-import the kernel",
 			c->info.version, AP_VERSION);
 		rc = BG_ERR_PROTO;
 		goto fail;
@@ -493,7 +478,7 @@ int agent_connect_fd(int fd, int64_t timeout_us, int watch_fd, struct agent_conn
 	c->refs++; /* the reader's */
 	if (pthread_create(&c->reader, NULL, reader_main, c) != 0) {
 		c->refs--;
-		set_err(errmsg, "cannot start the agent reader thread");
+		errmsg_set(errmsg, "cannot start the agent reader thread");
 		rc = BG_ERR_NOMEM;
 		goto fail;
 	}
@@ -511,7 +496,7 @@ int agent_connect(const char *sock_path, int64_t timeout_us, int watch_fd,
 	struct sockaddr_un a;
 	int64_t deadline = mono_us() + timeout_us;
 	if (strlen(sock_path) >= sizeof(a.sun_path)) {
-		set_err(errmsg, "socket path '%s' is too long", sock_path);
+		errmsg_set(errmsg, "socket path '%s' is too long", sock_path);
 		return BG_ERR_INVAL;
 	}
 	memset(&a, 0, sizeof(a));
@@ -520,7 +505,7 @@ int agent_connect(const char *sock_path, int64_t timeout_us, int watch_fd,
 	for (;;) {
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
-			set_err(errmsg, "socket: %s", strerror(errno));
+			errmsg_set(errmsg, "socket: %s", strerror(errno));
 			return bg_errno(errno);
 		}
 		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
@@ -528,17 +513,17 @@ int agent_connect(const char *sock_path, int64_t timeout_us, int watch_fd,
 		int e = errno;
 		close(fd);
 		if (e != ENOENT && e != ECONNREFUSED && e != EAGAIN) {
-			set_err(errmsg, "connect to '%s': %s", sock_path, strerror(e));
+			errmsg_set(errmsg, "connect to '%s': %s", sock_path, strerror(e));
 			return bg_errno(e);
 		}
 		if (mono_us() >= deadline) {
-			set_err(errmsg, "nobody listens on '%s' (%s)", sock_path, strerror(e));
+			errmsg_set(errmsg, "nobody listens on '%s' (%s)", sock_path, strerror(e));
 			return BG_ERR_TIMEDOUT;
 		}
 		if (watch_fd >= 0) {
 			struct pollfd p = {watch_fd, POLLIN, 0};
 			if (poll(&p, 1, 20) > 0) {
-				set_err(errmsg, "the hypervisor exited before its socket appeared");
+				errmsg_set(errmsg, "the hypervisor exited before its socket appeared");
 				return BG_ERR_CLOSED;
 			}
 		} else {
@@ -607,7 +592,7 @@ int agent_exec_start(struct agent_conn *c, const struct agent_exec_req *req,
 	pthread_mutex_lock(&c->mu);
 	if (c->err) {
 		rc = c->err;
-		set_err(errmsg, "%s", c->errmsg);
+		errmsg_set(errmsg, "%s", c->errmsg);
 		pthread_mutex_unlock(&c->mu);
 		return rc;
 	}
@@ -627,11 +612,11 @@ int agent_exec_start(struct agent_conn *c, const struct agent_exec_req *req,
 	rc = ap_exec_encode(&b, e->id, req->argv, req->shell, req->env, req->cwd,
 			    req->stdin_pipe);
 	if (rc < 0) {
-		set_err(errmsg, "%s", rc == BG_ERR_TOOBIG ? "the command line or environment is too large"
+		errmsg_set(errmsg, "%s", rc == BG_ERR_TOOBIG ? "the command line or environment is too large"
 							 : "invalid command: give argv or a shell line, "
 							   "and NAME=value environment entries");
 	} else if ((rc = conn_write(c, b.data, b.len)) < 0) {
-		set_err(errmsg, "cannot send the command to the agent");
+		errmsg_set(errmsg, "cannot send the command to the agent");
 	}
 	ap_buf_release(&b);
 	if (rc < 0) {
@@ -727,7 +712,7 @@ int agent_exec_wait(struct agent_exec *e, const struct agent_wait_opts *o,
 				cb = o->on_output(o->arg, q->type == AP_T_STDOUT ? 1 : 2, q->data, q->len);
 				if (cb) {
 					reason = cb;
-					set_err(errmsg, "output consumer stopped the command");
+					errmsg_set(errmsg, "output consumer stopped the command");
 					agent_exec_signal(e, SIGKILL);
 					kill_deadline = mono_us() + KILL_GRACE_US;
 				}
@@ -742,7 +727,7 @@ int agent_exec_wait(struct agent_exec *e, const struct agent_wait_opts *o,
 				ap_error_decode(q->data, q->len, &req, &code, &msg);
 				if (req == AP_T_EXEC) {
 					rc = code ? bg_errno(code) : BG_ERR_IO;
-					set_err(errmsg, "%s", msg ? msg : "the command could not start");
+					errmsg_set(errmsg, "%s", msg ? msg : "the command could not start");
 				} else {
 					log_debug(NULL, 0, "agent: exec %u: %s", e->id, msg ? msg : "?");
 				}
@@ -758,7 +743,7 @@ int agent_exec_wait(struct agent_exec *e, const struct agent_wait_opts *o,
 		if (c->err) {
 			rc = reason ? reason : c->err;
 			if (!reason)
-				set_err(errmsg, "%s", c->errmsg);
+				errmsg_set(errmsg, "%s", c->errmsg);
 			break;
 		}
 		int64_t now = mono_us();
@@ -768,10 +753,10 @@ int agent_exec_wait(struct agent_exec *e, const struct agent_wait_opts *o,
 			if (timed_out || cancelled) {
 				reason = timed_out ? BG_ERR_TIMEDOUT : BG_ERR_CANCELED;
 				if (timed_out)
-					set_err(errmsg, "the command timed out after %.1f s and was killed",
+					errmsg_set(errmsg, "the command timed out after %.1f s and was killed",
 						(double)o->timeout_us / 1e6);
 				else
-					set_err(errmsg, "cancelled; the command was killed");
+					errmsg_set(errmsg, "cancelled; the command was killed");
 				pthread_mutex_unlock(&c->mu);
 				agent_exec_signal(e, SIGKILL);
 				pthread_mutex_lock(&c->mu);
@@ -844,7 +829,7 @@ static int request_start(struct agent_conn *c, struct ap_buf *b, struct agent_ex
 	pthread_mutex_lock(&c->mu);
 	if (c->err) {
 		int rc = c->err;
-		set_err(errmsg, "%s", c->errmsg);
+		errmsg_set(errmsg, "%s", c->errmsg);
 		pthread_mutex_unlock(&c->mu);
 		return rc;
 	}
@@ -866,7 +851,7 @@ static int request_start(struct agent_conn *c, struct ap_buf *b, struct agent_ex
 	b->data[7] = (unsigned char)e->id;
 	int rc = conn_write(c, b->data, b->len);
 	if (rc < 0) {
-		set_err(errmsg, "cannot send the request to the agent");
+		errmsg_set(errmsg, "cannot send the request to the agent");
 		agent_exec_destroy(e);
 		return rc;
 	}
@@ -896,7 +881,7 @@ static int request_take(struct agent_exec *e, int64_t deadline, bool (*cancelled
 		}
 		if (c->err) {
 			rc = c->err;
-			set_err(errmsg, "%s", c->errmsg);
+			errmsg_set(errmsg, "%s", c->errmsg);
 			break;
 		}
 		int64_t now = mono_us();
@@ -925,7 +910,7 @@ static int request_error(const struct qframe *q, const char *what, char **errmsg
 	int req, code;
 	char *msg = NULL;
 	ap_error_decode(q->data, q->len, &req, &code, &msg);
-	set_err(errmsg, "%s", msg ? msg : what);
+	errmsg_set(errmsg, "%s", msg ? msg : what);
 	free(msg);
 	if (code == ENOTDIR)
 		return BG_ERR_INVAL;
@@ -938,7 +923,7 @@ int agent_mount(struct agent_conn *c, const char *dev, const char *path, const c
 		bool readonly, int64_t timeout_us, char **errmsg)
 {
 	if (!dev || !*dev || !path || path[0] != '/') {
-		set_err(errmsg, "mount: want a device and an absolute path");
+		errmsg_set(errmsg, "mount: want a device and an absolute path");
 		return BG_ERR_INVAL;
 	}
 	struct ap_buf b;
@@ -953,7 +938,7 @@ int agent_mount(struct agent_conn *c, const char *dev, const char *path, const c
 	struct agent_exec *e = NULL;
 	int rc = ap_end(&b);
 	if (rc < 0)
-		set_err(errmsg, "mount: the device or path is too long");
+		errmsg_set(errmsg, "mount: the device or path is too long");
 	else
 		rc = request_start(c, &b, &e, errmsg);
 	ap_buf_release(&b);
@@ -964,7 +949,7 @@ int agent_mount(struct agent_conn *c, const char *dev, const char *path, const c
 		struct qframe *q = NULL;
 		rc = request_take(e, deadline, NULL, NULL, &q, errmsg);
 		if (rc == BG_ERR_TIMEDOUT)
-			set_err(errmsg, "the agent did not answer the mount of '%s' in time", dev);
+			errmsg_set(errmsg, "the agent did not answer the mount of '%s' in time", dev);
 		if (rc < 0)
 			break;
 		if (q->type == AP_T_OK) {
@@ -996,7 +981,7 @@ int agent_export(struct agent_conn *c, const char *guest_path, const struct agen
 		st = &local;
 	memset(st, 0, sizeof(*st));
 	if (!guest_path || guest_path[0] != '/') {
-		set_err(errmsg, "export: '%s' is not an absolute guest path", guest_path ? guest_path : "");
+		errmsg_set(errmsg, "export: '%s' is not an absolute guest path", guest_path ? guest_path : "");
 		return BG_ERR_INVAL;
 	}
 	struct ap_buf b;
@@ -1006,7 +991,7 @@ int agent_export(struct agent_conn *c, const char *guest_path, const struct agen
 	struct agent_exec *e = NULL;
 	int rc = ap_end(&b);
 	if (rc < 0)
-		set_err(errmsg, "export: the guest path is too long");
+		errmsg_set(errmsg, "export: the guest path is too long");
 	else
 		rc = request_start(c, &b, &e, errmsg);
 	ap_buf_release(&b);
@@ -1019,7 +1004,7 @@ int agent_export(struct agent_conn *c, const char *guest_path, const struct agen
 		struct qframe *q = NULL;
 		rc = request_take(e, deadline, ops->cancelled, ops->arg, &q, errmsg);
 		if (rc == BG_ERR_TIMEDOUT || rc == BG_ERR_CANCELED) {
-			set_err(errmsg, rc == BG_ERR_TIMEDOUT ? "the export of '%s' timed out"
+			errmsg_set(errmsg, rc == BG_ERR_TIMEDOUT ? "the export of '%s' timed out"
 							      : "the export of '%s' was cancelled",
 				guest_path);
 			export_cancel(e);
@@ -1079,7 +1064,7 @@ int agent_export(struct agent_conn *c, const char *guest_path, const struct agen
 		free(q);
 		if (bad) {
 			char *m = xasprintf("the agent broke the export protocol (%s)", bad);
-			set_err(errmsg, "%s", m);
+			errmsg_set(errmsg, "%s", m);
 			conn_fail(c, BG_ERR_PROTO, m);
 			free(m);
 			rc = BG_ERR_PROTO;
@@ -1101,7 +1086,7 @@ int agent_poweroff(struct agent_conn *c, int64_t timeout_us, char **errmsg)
 	ap_hdr_pack(h, AP_T_POWEROFF, 0, 0);
 	int rc = conn_write(c, h, sizeof(h));
 	if (rc < 0 && rc != BG_ERR_CLOSED) {
-		set_err(errmsg, "cannot send power-off to the agent");
+		errmsg_set(errmsg, "cannot send power-off to the agent");
 		return rc;
 	}
 	struct timespec ts;
@@ -1111,7 +1096,7 @@ int agent_poweroff(struct agent_conn *c, int64_t timeout_us, char **errmsg)
 	while (!c->poweroff_ok && !c->err) {
 		if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) {
 			rc = BG_ERR_TIMEDOUT;
-			set_err(errmsg, "the agent did not acknowledge power-off in time");
+			errmsg_set(errmsg, "the agent did not acknowledge power-off in time");
 			break;
 		}
 	}

@@ -41,21 +41,6 @@ struct export_file {
 	unsigned mode;
 };
 
-static void set_err(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char **errmsg, const char *fmt, ...)
-{
-	if (!errmsg)
-		return;
-	struct sb s;
-	sb_init(&s);
-	va_list ap;
-	va_start(ap, fmt);
-	sb_vaddf(&s, fmt, ap);
-	va_end(ap);
-	free(*errmsg);
-	*errmsg = sb_detach(&s);
-}
-
 void export_result_release(struct export_result *r)
 {
 	if (!r)
@@ -106,11 +91,11 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 {
 	*out = NULL;
 	if (!o || !o->spec_dir || !*o->spec_dir) {
-		set_err(errmsg, "export: no spec directory given");
+		errmsg_set(errmsg, "export: no spec directory given");
 		return BG_ERR_INVAL;
 	}
 	if (!to || !*to) {
-		set_err(errmsg, "export: 'to' is empty");
+		errmsg_set(errmsg, "export: 'to' is empty");
 		return BG_ERR_INVAL;
 	}
 	const char *root = o->spec_dir, *rel = to;
@@ -118,7 +103,7 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 		if (o->artifacts_dir && under(o->artifacts_dir, to, &rel)) {
 			root = o->artifacts_dir;
 		} else if (!under(o->spec_dir, to, &rel)) {
-			set_err(errmsg, "export: '%s' is outside the spec's directory '%s'%s%s", to,
+			errmsg_set(errmsg, "export: '%s' is outside the spec's directory '%s'%s%s", to,
 				o->spec_dir, o->artifacts_dir ? " and the artifacts directory " : "",
 				o->artifacts_dir ? o->artifacts_dir : "");
 			return BG_ERR_PERM;
@@ -126,13 +111,13 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 	}
 	const char *bad = rel_bad(rel);
 	if (bad) {
-		set_err(errmsg, "export: 'to' '%s' is refused: %s", to, bad);
+		errmsg_set(errmsg, "export: 'to' '%s' is refused: %s", to, bad);
 		return strstr(bad, "'..'") ? BG_ERR_PERM : BG_ERR_INVAL;
 	}
 	int cur = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (cur < 0) {
 		int e = errno;
-		set_err(errmsg, "export: cannot open '%s': %s", root, strerror(e));
+		errmsg_set(errmsg, "export: cannot open '%s': %s", root, strerror(e));
 		return bg_errno(e);
 	}
 	/* walk the directories of rel, one component at a time, no symlinks */
@@ -155,7 +140,7 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 			if (fd < 0 && errno == ENOENT) {
 				if (mkdirat(cur, p, 0755) < 0 && errno != EEXIST) {
 					int e = errno;
-					set_err(errmsg, "export: cannot create '%s': %s", done.buf, strerror(e));
+					errmsg_set(errmsg, "export: cannot create '%s': %s", done.buf, strerror(e));
 					rc = bg_errno(e);
 					goto out;
 				}
@@ -167,11 +152,11 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 					struct stat st;
 					bool link = fstatat(cur, p, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 						    S_ISLNK(st.st_mode);
-					set_err(errmsg, "export: '%s' is %s; refused (exports never follow "
+					errmsg_set(errmsg, "export: '%s' is %s; refused (exports never follow "
 						"symlinks)", done.buf, link ? "a symlink" : "not a directory");
 					rc = link ? BG_ERR_PERM : BG_ERR_INVAL;
 				} else {
-					set_err(errmsg, "export: cannot open '%s': %s", done.buf, strerror(e));
+					errmsg_set(errmsg, "export: cannot open '%s': %s", done.buf, strerror(e));
 					rc = bg_errno(e);
 				}
 				goto out;
@@ -184,13 +169,13 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 			p++;
 	}
 	if ((last[0] == '.' && last[1] == '\0')) {
-		set_err(errmsg, "export: 'to' '%s' is refused: it names a directory", to);
+		errmsg_set(errmsg, "export: 'to' '%s' is refused: it names a directory", to);
 		rc = BG_ERR_INVAL;
 		goto out;
 	}
 	struct stat st;
 	if (fstatat(cur, last, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode)) {
-		set_err(errmsg, "export: '%s/%s' exists and is %s; refused", done.buf, last,
+		errmsg_set(errmsg, "export: '%s/%s' exists and is %s; refused", done.buf, last,
 			S_ISLNK(st.st_mode)  ? "a symlink (exports never follow symlinks)"
 			: S_ISDIR(st.st_mode) ? "a directory"
 					      : "not a regular file");
@@ -216,7 +201,7 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 	}
 	if (f->fd < 0) {
 		int e = errno;
-		set_err(errmsg, "export: cannot create a temporary file next to '%s': %s", f->path,
+		errmsg_set(errmsg, "export: cannot create a temporary file next to '%s': %s", f->path,
 			strerror(e));
 		rc = bg_errno(e);
 		f->dirfd = -1;
@@ -229,7 +214,7 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 	f->tmppath = xasprintf("%s/%s", done.buf, f->tmpname);
 	f->md = EVP_MD_CTX_new();
 	if (!f->md || EVP_DigestInit_ex(f->md, EVP_sha256(), NULL) != 1) {
-		set_err(errmsg, "export: cannot start a sha256 digest");
+		errmsg_set(errmsg, "export: cannot start a sha256 digest");
 		export_abort(f);
 		cur = -1;
 		rc = BG_ERR_NOMEM;
@@ -258,7 +243,7 @@ uint64_t export_size(const struct export_file *f)
 int export_write(struct export_file *f, const void *p, size_t n, char **errmsg)
 {
 	if (f->max && f->size + n > f->max) {
-		set_err(errmsg, "the export is larger than max_export_bytes (%llu bytes); nothing "
+		errmsg_set(errmsg, "the export is larger than max_export_bytes (%llu bytes); nothing "
 			"was stored at '%s'",
 			(unsigned long long)f->max, f->path);
 		return BG_ERR_TOOBIG;
@@ -272,7 +257,7 @@ int export_write(struct export_file *f, const void *p, size_t n, char **errmsg)
 			continue;
 		if (w <= 0) {
 			int e = w < 0 ? errno : ENOSPC;
-			set_err(errmsg, "cannot write '%s': %s", f->tmppath, strerror(e));
+			errmsg_set(errmsg, "cannot write '%s': %s", f->tmppath, strerror(e));
 			return bg_errno(e);
 		}
 		b += w;
@@ -312,7 +297,7 @@ int export_commit(struct export_file *f, struct export_result *res, char **errms
 	int rc = 0;
 	if (fchmod(f->fd, f->mode) < 0 || fsync(f->fd) < 0) {
 		int e = errno;
-		set_err(errmsg, "cannot sync '%s': %s", f->tmppath, strerror(e));
+		errmsg_set(errmsg, "cannot sync '%s': %s", f->tmppath, strerror(e));
 		export_abort(f);
 		return bg_errno(e);
 	}
@@ -320,7 +305,7 @@ int export_commit(struct export_file *f, struct export_result *res, char **errms
 	f->fd = -1;
 	if (renameat(f->dirfd, f->tmpname, f->dirfd, f->name) < 0) {
 		int e = errno;
-		set_err(errmsg, "cannot rename '%s' to '%s': %s", f->tmppath, f->path, strerror(e));
+		errmsg_set(errmsg, "cannot rename '%s' to '%s': %s", f->tmppath, f->path, strerror(e));
 		export_abort(f);
 		return bg_errno(e);
 	}
@@ -521,7 +506,7 @@ int export_tar(struct agent_conn *c, const char *guest_path, const char *to,
 	if (!t.a || archive_write_set_format_pax_restricted(t.a) != ARCHIVE_OK ||
 	    archive_write_add_filter_none(t.a) != ARCHIVE_OK ||
 	    archive_write_open(t.a, &t, NULL, tar_write_cb, NULL) != ARCHIVE_OK) {
-		set_err(errmsg, "export: cannot start a tar archive: %s",
+		errmsg_set(errmsg, "export: cannot start a tar archive: %s",
 			t.a ? archive_error_string(t.a) : "out of memory");
 		rc = BG_ERR_NOMEM;
 		goto fail;
@@ -539,16 +524,16 @@ int export_tar(struct agent_conn *c, const char *guest_path, const char *to,
 	rc = agent_export(c, guest_path, &ops, &st, &aerr);
 	if (rc < 0) {
 		if (t.err_rc && rc == t.err_rc)
-			set_err(errmsg, "%s", t.err);
+			errmsg_set(errmsg, "%s", t.err);
 		else
-			set_err(errmsg, "export of '%s': %s", guest_path, aerr ? aerr : bg_strerror(rc));
+			errmsg_set(errmsg, "export of '%s': %s", guest_path, aerr ? aerr : bg_strerror(rc));
 		free(aerr);
 		goto fail;
 	}
 	free(aerr);
 	if (archive_write_close(t.a) != ARCHIVE_OK) {
 		rc = t.err_rc ? t.err_rc : BG_ERR_IO;
-		set_err(errmsg, "%s", t.err ? t.err : archive_error_string(t.a));
+		errmsg_set(errmsg, "%s", t.err ? t.err : archive_error_string(t.a));
 		goto fail;
 	}
 	archive_write_free(t.a);
@@ -622,7 +607,7 @@ int export_patch(struct agent_conn *c, const char *guest_path, const char *base,
 	if (res)
 		memset(res, 0, sizeof(*res));
 	if (!guest_path || guest_path[0] != '/') {
-		set_err(errmsg, "export: '%s' is not an absolute guest path", guest_path ? guest_path : "");
+		errmsg_set(errmsg, "export: '%s' is not an absolute guest path", guest_path ? guest_path : "");
 		return BG_ERR_INVAL;
 	}
 	int rc = export_open(to, o, &p.f, errmsg);
@@ -643,13 +628,13 @@ int export_patch(struct agent_conn *c, const char *guest_path, const char *base,
 	struct agent_exec_req req = {.argv = add};
 	rc = agent_run(c, &req, NULL, 0, &wa, &ex, &aerr);
 	if (rc == 0 && (ex.signaled || ex.value != 0)) {
-		set_err(errmsg, "git add -A -N in '%s' failed (exit %d): is it a git checkout?",
+		errmsg_set(errmsg, "git add -A -N in '%s' failed (exit %d): is it a git checkout?",
 			guest_path, ex.value);
 		rc = BG_ERR_IO;
 		goto fail;
 	}
 	if (rc < 0) {
-		set_err(errmsg, "cannot run git in the guest: %s%s", aerr ? aerr : bg_strerror(rc),
+		errmsg_set(errmsg, "cannot run git in the guest: %s%s", aerr ? aerr : bg_strerror(rc),
 			rc == BG_ERR_NOENT ? " (the image has no git)" : "");
 		goto fail;
 	}
@@ -657,13 +642,13 @@ int export_patch(struct agent_conn *c, const char *guest_path, const char *base,
 	rc = agent_run(c, &req, NULL, 0, &wo, &ex, &aerr);
 	if (rc < 0) {
 		if (p.err_rc)
-			set_err(errmsg, "%s", p.err);
+			errmsg_set(errmsg, "%s", p.err);
 		else
-			set_err(errmsg, "git diff in the guest: %s", aerr ? aerr : bg_strerror(rc));
+			errmsg_set(errmsg, "git diff in the guest: %s", aerr ? aerr : bg_strerror(rc));
 		goto fail;
 	}
 	if (ex.signaled || ex.value != 0) {
-		set_err(errmsg, "git diff --binary in '%s' failed (exit %d): %s", guest_path, ex.value,
+		errmsg_set(errmsg, "git diff --binary in '%s' failed (exit %d): %s", guest_path, ex.value,
 			p.errout.buf ? p.errout.buf : "");
 		rc = BG_ERR_IO;
 		goto fail;

@@ -46,21 +46,6 @@ static const struct {
 	{"vmw_vsock_virtio_transport", false}, {"ext4", true},
 };
 
-static void set_err(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char **errmsg, const char *fmt, ...)
-{
-	if (!errmsg)
-		return;
-	struct sb sb;
-	va_list ap;
-	sb_init(&sb);
-	va_start(ap, fmt);
-	sb_vaddf(&sb, fmt, ap);
-	va_end(ap);
-	free(*errmsg);
-	*errmsg = sb_detach(&sb);
-}
-
 static void strv_free(char **v)
 {
 	if (!v)
@@ -115,14 +100,14 @@ static int copy_file(const char *from, const char *to, unsigned mode, char **err
 {
 	int in = open(from, O_RDONLY | O_CLOEXEC);
 	if (in < 0) {
-		set_err(errmsg, "cannot read '%s': %s", from, strerror(errno));
+		errmsg_set(errmsg, "cannot read '%s': %s", from, strerror(errno));
 		return bg_errno(errno);
 	}
 	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
 	if (out < 0) {
 		int e = errno;
 		close(in);
-		set_err(errmsg, "cannot write '%s': %s", to, strerror(e));
+		errmsg_set(errmsg, "cannot write '%s': %s", to, strerror(e));
 		return bg_errno(e);
 	}
 	char buf[65536];
@@ -136,7 +121,7 @@ static int copy_file(const char *from, const char *to, unsigned mode, char **err
 	}
 	if (n < 0 || rc || fsync(out) < 0) {
 		rc = rc ? rc : bg_errno(errno);
-		set_err(errmsg, "copying '%s' to '%s' failed", from, to);
+		errmsg_set(errmsg, "copying '%s' to '%s' failed", from, to);
 	}
 	close(in);
 	if (close(out) < 0 && !rc)
@@ -180,7 +165,7 @@ static int load_module(const char *path, unsigned char **buf, size_t *len, char 
 	struct archive_entry *ent;
 	if (archive_read_open_filename(a, path, 65536) != ARCHIVE_OK ||
 	    archive_read_next_header(a, &ent) != ARCHIVE_OK) {
-		set_err(errmsg, "cannot read module '%s': %s", path, archive_error_string(a));
+		errmsg_set(errmsg, "cannot read module '%s': %s", path, archive_error_string(a));
 		rc = BG_ERR_IO;
 		goto out;
 	}
@@ -188,14 +173,14 @@ static int load_module(const char *path, unsigned char **buf, size_t *len, char 
 	la_ssize_t n;
 	while ((n = archive_read_data(a, chunk, sizeof(chunk))) > 0) {
 		if (sb.len + (size_t)n > MODULE_MAX) {
-			set_err(errmsg, "module '%s' is larger than %u MiB", path, MODULE_MAX >> 20);
+			errmsg_set(errmsg, "module '%s' is larger than %u MiB", path, MODULE_MAX >> 20);
 			rc = BG_ERR_TOOBIG;
 			goto out;
 		}
 		sb_add(&sb, chunk, (size_t)n);
 	}
 	if (n < 0) {
-		set_err(errmsg, "cannot decompress module '%s': %s", path, archive_error_string(a));
+		errmsg_set(errmsg, "cannot decompress module '%s': %s", path, archive_error_string(a));
 		rc = BG_ERR_IO;
 		goto out;
 	}
@@ -375,7 +360,7 @@ static int read_deps(struct mod *m, char **errmsg)
 	free(b);
 	if (!mi) {
 		sb_release(&acc);
-		set_err(errmsg, "'%s' is not a kernel module (no .modinfo)", m->path);
+		errmsg_set(errmsg, "'%s' is not a kernel module (no .modinfo)", m->path);
 		return BG_ERR_INVAL;
 	}
 	/* acc holds NUL-separated names */
@@ -396,7 +381,7 @@ static int visit(struct modset *ms, struct mod *m, char **errmsg)
 	if (m->state == 2)
 		return 0;
 	if (m->state == 1) {
-		set_err(errmsg, "module dependency cycle through '%s'", m->name);
+		errmsg_set(errmsg, "module dependency cycle through '%s'", m->name);
 		return BG_ERR_INVAL;
 	}
 	m->state = 1;
@@ -408,7 +393,7 @@ static int visit(struct modset *ms, struct mod *m, char **errmsg)
 		if (!dm) {
 			if (is_builtin(ms, *d))
 				continue;
-			set_err(errmsg, "module '%s' needs '%s', which is neither a module in '%s' nor built in",
+			errmsg_set(errmsg, "module '%s' needs '%s', which is neither a module in '%s' nor built in",
 				m->name, *d, ms->moddir);
 			return BG_ERR_NOENT;
 		}
@@ -463,7 +448,7 @@ int kernel_module_order(const char *moddir, struct kernel_module **mods, size_t 
 	cur_ms = NULL;
 	pthread_mutex_unlock(&mu);
 	if (fr < 0) {
-		set_err(errmsg, "cannot read module directory '%s': %s", moddir, strerror(errno));
+		errmsg_set(errmsg, "cannot read module directory '%s': %s", moddir, strerror(errno));
 		rc = bg_errno(errno);
 		goto out;
 	}
@@ -475,7 +460,7 @@ int kernel_module_order(const char *moddir, struct kernel_module **mods, size_t 
 			transport |= !strcmp(roots[i].name, "virtio_mmio") ||
 				     !strcmp(roots[i].name, "virtio_pci");
 		if (!m && !bi && roots[i].required) {
-			set_err(errmsg, "this kernel has no '%s' driver (neither a module in '%s' nor built in)",
+			errmsg_set(errmsg, "this kernel has no '%s' driver (neither a module in '%s' nor built in)",
 				roots[i].name, moddir);
 			rc = BG_ERR_NOENT;
 			goto out;
@@ -484,7 +469,7 @@ int kernel_module_order(const char *moddir, struct kernel_module **mods, size_t 
 			goto out;
 	}
 	if (!transport) {
-		set_err(errmsg, "this kernel has neither virtio_mmio nor virtio_pci");
+		errmsg_set(errmsg, "this kernel has neither virtio_mmio nor virtio_pci");
 		rc = BG_ERR_NOENT;
 		goto out;
 	}
@@ -514,7 +499,7 @@ static int check_agent(const char *path, const char *data, size_t len, char **er
 {
 	const unsigned char *u = (const unsigned char *)data;
 	if (len < 64 || memcmp(u, "\177ELF", 4) != 0 || u[4] != 2) {
-		set_err(errmsg, "the agent '%s' is not a 64-bit ELF executable", path);
+		errmsg_set(errmsg, "the agent '%s' is not a 64-bit ELF executable", path);
 		return BG_ERR_INVAL;
 	}
 	uint64_t phoff = rd(u + 0x20, 8), phentsize = rd(u + 0x36, 2), phnum = rd(u + 0x38, 2);
@@ -522,7 +507,7 @@ static int check_agent(const char *path, const char *data, size_t len, char **er
 		return 0;
 	for (uint64_t i = 0; i < phnum && i * phentsize <= len - phoff - 4; i++) {
 		if (rd(u + phoff + i * phentsize, 4) == 3 /* PT_INTERP */) {
-			set_err(errmsg, "the agent '%s' is dynamically linked: it must be static "
+			errmsg_set(errmsg, "the agent '%s' is dynamically linked: it must be static "
 					"(build/banger-agent is)",
 				path);
 			return BG_ERR_INVAL;
@@ -572,7 +557,7 @@ int kernel_write_initramfs(const char *out, const char *agent_path, const char *
 
 	sb_init(&list);
 	if (read_file(agent_path, 64 << 20, &agent, &alen) < 0) {
-		set_err(errmsg, "cannot read the agent '%s' (build it: make build/banger-agent)",
+		errmsg_set(errmsg, "cannot read the agent '%s' (build it: make build/banger-agent)",
 			agent_path);
 		rc = BG_ERR_NOENT;
 		goto out;
@@ -582,7 +567,7 @@ int kernel_write_initramfs(const char *out, const char *agent_path, const char *
 	archive_write_set_format_cpio_newc(a);
 	archive_write_add_filter_none(a);
 	if (archive_write_open_filename(a, out) != ARCHIVE_OK) {
-		set_err(errmsg, "cannot write '%s': %s", out, archive_error_string(a));
+		errmsg_set(errmsg, "cannot write '%s': %s", out, archive_error_string(a));
 		rc = BG_ERR_IO;
 		goto out;
 	}
@@ -616,7 +601,7 @@ int kernel_write_initramfs(const char *out, const char *agent_path, const char *
 	if (archive_write_close(a) != ARCHIVE_OK && !rc)
 		rc = BG_ERR_IO;
 	if (rc < 0 && errmsg && !*errmsg)
-		set_err(errmsg, "writing the initramfs '%s' failed: %s", out,
+		errmsg_set(errmsg, "writing the initramfs '%s' failed: %s", out,
 			archive_error_string(a) ? archive_error_string(a) : bg_strerror(rc));
 out:
 	archive_write_free(a);
@@ -683,7 +668,7 @@ static int extract_deb(const char *deb, const char *tree, char **errmsg)
 	bool found = false;
 	archive_read_support_format_ar(outer);
 	if (archive_read_open_filename(outer, deb, 65536) != ARCHIVE_OK) {
-		set_err(errmsg, "cannot read '%s': %s", deb, archive_error_string(outer));
+		errmsg_set(errmsg, "cannot read '%s': %s", deb, archive_error_string(outer));
 		goto out;
 	}
 	while (archive_read_next_header(outer, &e) == ARCHIVE_OK) {
@@ -693,7 +678,7 @@ static int extract_deb(const char *deb, const char *tree, char **errmsg)
 		}
 	}
 	if (!found) {
-		set_err(errmsg, "'%s' is not a Debian package (no data.tar member)", deb);
+		errmsg_set(errmsg, "'%s' is not a Debian package (no data.tar member)", deb);
 		goto out;
 	}
 	nst = xmalloc(sizeof(*nst));
@@ -702,7 +687,7 @@ static int extract_deb(const char *deb, const char *tree, char **errmsg)
 	archive_read_support_filter_all(inner);
 	archive_read_support_format_tar(inner);
 	if (archive_read_open(inner, nst, NULL, nested_read, NULL) != ARCHIVE_OK) {
-		set_err(errmsg, "cannot read the data of '%s': %s", deb, archive_error_string(inner));
+		errmsg_set(errmsg, "cannot read the data of '%s': %s", deb, archive_error_string(inner));
 		goto out;
 	}
 	int r;
@@ -719,7 +704,7 @@ static int extract_deb(const char *deb, const char *tree, char **errmsg)
 		*slash = '/';
 		int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
 		if (fd < 0) {
-			set_err(errmsg, "cannot write '%s': %s", dst, strerror(errno));
+			errmsg_set(errmsg, "cannot write '%s': %s", dst, strerror(errno));
 			rc = bg_errno(errno);
 			free(dst);
 			free(rel);
@@ -729,7 +714,7 @@ static int extract_deb(const char *deb, const char *tree, char **errmsg)
 		if (close(fd) < 0 && !rc)
 			rc = BG_ERR_IO;
 		if (rc < 0)
-			set_err(errmsg, "cannot extract '%s' from '%s': %s", rel, deb,
+			errmsg_set(errmsg, "cannot extract '%s' from '%s': %s", rel, deb,
 				archive_error_string(inner));
 		free(dst);
 		free(rel);
@@ -737,7 +722,7 @@ static int extract_deb(const char *deb, const char *tree, char **errmsg)
 			goto out;
 	}
 	if (r != ARCHIVE_EOF) {
-		set_err(errmsg, "'%s' is damaged: %s", deb, archive_error_string(inner));
+		errmsg_set(errmsg, "'%s' is damaged: %s", deb, archive_error_string(inner));
 		rc = BG_ERR_IO;
 		goto out;
 	}
@@ -764,7 +749,7 @@ static int find_vmlinuz(const char *tree, char **kpath, char **version, char **e
 			if (strncmp(e->d_name, "vmlinuz-", 8) != 0 || !e->d_name[8])
 				continue;
 			if (found++) {
-				set_err(errmsg, "'%s' holds more than one kernel: import one at a time",
+				errmsg_set(errmsg, "'%s' holds more than one kernel: import one at a time",
 					boot);
 				free(*kpath);
 				free(*version);
@@ -780,7 +765,7 @@ static int find_vmlinuz(const char *tree, char **kpath, char **version, char **e
 	if (found == 1)
 		return 0;
 	if (found == 0)
-		set_err(errmsg, "no boot/vmlinuz-VERSION in '%s'", tree);
+		errmsg_set(errmsg, "no boot/vmlinuz-VERSION in '%s'", tree);
 	return BG_ERR_NOENT;
 }
 
@@ -877,9 +862,9 @@ static int read_meta(const char *state_dir, const char *name, struct kernel_info
 		struct stat st;
 		rc = stat(dir, &st) < 0 ? BG_ERR_NOENT : BG_ERR_IO;
 		if (rc == BG_ERR_NOENT)
-			set_err(errmsg, "no kernel named '%s'", name);
+			errmsg_set(errmsg, "no kernel named '%s'", name);
 		else
-			set_err(errmsg, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+			errmsg_set(errmsg, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
 		goto out;
 	}
 	const char *s;
@@ -929,7 +914,7 @@ static int classify(const char *src, enum src_kind *k, char **errmsg)
 {
 	struct stat st;
 	if (stat(src, &st) < 0) {
-		set_err(errmsg, "'%s': %s", src, strerror(errno));
+		errmsg_set(errmsg, "'%s': %s", src, strerror(errno));
 		return bg_errno(errno);
 	}
 	if (S_ISDIR(st.st_mode)) {
@@ -950,7 +935,7 @@ static int classify(const char *src, enum src_kind *k, char **errmsg)
 		*k = SRC_IMAGE;
 		return 0;
 	}
-	set_err(errmsg,
+	errmsg_set(errmsg,
 		"'%s' is not a Debian kernel package, an extracted package directory, or a kernel "
 		"image (bzImage or ELF vmlinux)",
 		src);
@@ -969,17 +954,17 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 	int rc;
 
 	if (!o->state_dir || !o->source || !o->agent_path) {
-		set_err(errmsg, "kernel import: state directory, source and agent are required");
+		errmsg_set(errmsg, "kernel import: state directory, source and agent are required");
 		return BG_ERR_INVAL;
 	}
 	if (o->name && !kernel_name_ok(o->name)) {
-		set_err(errmsg, "kernel name '%s' is not 1-64 of [A-Za-z0-9._+-]", o->name);
+		errmsg_set(errmsg, "kernel name '%s' is not 1-64 of [A-Za-z0-9._+-]", o->name);
 		return BG_ERR_INVAL;
 	}
 	char *agent = NULL;
 	size_t alen = 0;
 	if (read_file(o->agent_path, 64 << 20, &agent, &alen) < 0) {
-		set_err(errmsg, "cannot read the agent '%s' (build it: make build/banger-agent)",
+		errmsg_set(errmsg, "cannot read the agent '%s' (build it: make build/banger-agent)",
 			o->agent_path);
 		return BG_ERR_NOENT;
 	}
@@ -988,7 +973,7 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 	if (rc < 0)
 		return rc;
 	if ((rc = sha256_file(o->agent_path, sha)) < 0) {
-		set_err(errmsg, "cannot read the agent '%s'", o->agent_path);
+		errmsg_set(errmsg, "cannot read the agent '%s'", o->agent_path);
 		return rc;
 	}
 	if ((rc = classify(o->source, &kind, errmsg)) < 0)
@@ -996,7 +981,7 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 
 	kdir = xasprintf("%s/kernels", o->state_dir);
 	if ((rc = mkdir_p(kdir, 0755)) < 0) {
-		set_err(errmsg, "cannot create '%s': %s", kdir, bg_strerror(rc));
+		errmsg_set(errmsg, "cannot create '%s': %s", kdir, bg_strerror(rc));
 		goto out;
 	}
 	char rnd[17];
@@ -1004,7 +989,7 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 	stage = xasprintf("%s/.import-%s", kdir, rnd);
 	if (mkdir(stage, 0755) < 0) {
 		rc = bg_errno(errno);
-		set_err(errmsg, "cannot create '%s': %s", stage, strerror(errno));
+		errmsg_set(errmsg, "cannot create '%s': %s", stage, strerror(errno));
 		goto out;
 	}
 
@@ -1020,7 +1005,7 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 		kpath = xstrdup(o->source);
 		ki.version = image_version(o->source);
 		if (!ki.version && !o->name) {
-			set_err(errmsg, "cannot tell the version of '%s': give it a name", o->source);
+			errmsg_set(errmsg, "cannot tell the version of '%s': give it a name", o->source);
 			rc = BG_ERR_INVAL;
 			goto out;
 		}
@@ -1033,7 +1018,7 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 	}
 	ki.name = xstrdup(o->name ? o->name : ki.version);
 	if (!kernel_name_ok(ki.name)) {
-		set_err(errmsg, "kernel version '%s' is not a usable name: give one", ki.name);
+		errmsg_set(errmsg, "kernel version '%s' is not a usable name: give one", ki.name);
 		rc = BG_ERR_INVAL;
 		goto out;
 	}
@@ -1061,7 +1046,7 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 	if ((rc = kernel_write_initramfs(p, o->agent_path, ki.version, mods, nmods, errmsg)) < 0)
 		goto out;
 	if ((rc = write_meta(stage, &ki)) < 0) {
-		set_err(errmsg, "cannot write the kernel's metadata: %s", bg_strerror(rc));
+		errmsg_set(errmsg, "cannot write the kernel's metadata: %s", bg_strerror(rc));
 		goto out;
 	}
 	if (kind == SRC_DEB)
@@ -1071,7 +1056,7 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 	struct stat st;
 	if (lstat(dst, &st) == 0) {
 		if (!o->replace) {
-			set_err(errmsg, "a kernel named '%s' exists (remove it first, or replace it)",
+			errmsg_set(errmsg, "a kernel named '%s' exists (remove it first, or replace it)",
 				ki.name);
 			rc = BG_ERR_EXIST;
 			goto out;
@@ -1079,13 +1064,13 @@ int kernel_import(const struct kernel_import_opts *o, struct kernel_info *out, c
 		old = xasprintf("%s/.old-%s", kdir, rnd);
 		if (rename(dst, old) < 0) {
 			rc = bg_errno(errno);
-			set_err(errmsg, "cannot replace '%s': %s", dst, strerror(errno));
+			errmsg_set(errmsg, "cannot replace '%s': %s", dst, strerror(errno));
 			goto out;
 		}
 	}
 	if (rename(stage, dst) < 0) {
 		rc = bg_errno(errno);
-		set_err(errmsg, "cannot publish '%s': %s", dst, strerror(errno));
+		errmsg_set(errmsg, "cannot publish '%s': %s", dst, strerror(errno));
 		if (old)
 			rename(old, dst);
 		goto out;
@@ -1123,7 +1108,7 @@ out:
 int kernel_get(const char *state_dir, const char *name, struct kernel_info *out, char **errmsg)
 {
 	if (!kernel_name_ok(name)) {
-		set_err(errmsg, "no kernel named '%s'", name);
+		errmsg_set(errmsg, "no kernel named '%s'", name);
 		return BG_ERR_NOENT;
 	}
 	return read_meta(state_dir, name, out, errmsg);
@@ -1147,7 +1132,7 @@ int kernel_list(const char *state_dir, struct kernel_info **out, size_t *n, char
 		free(kdir);
 		if (e == ENOENT)
 			return 0;
-		set_err(errmsg, "cannot read '%s/kernels': %s", state_dir, strerror(e));
+		errmsg_set(errmsg, "cannot read '%s/kernels': %s", state_dir, strerror(e));
 		return bg_errno(e);
 	}
 	struct dirent *e;
@@ -1179,7 +1164,7 @@ void kernel_list_free(struct kernel_info *v, size_t n)
 int kernel_remove(const char *state_dir, const char *name, char **errmsg)
 {
 	if (!kernel_name_ok(name)) {
-		set_err(errmsg, "no kernel named '%s'", name);
+		errmsg_set(errmsg, "no kernel named '%s'", name);
 		return BG_ERR_NOENT;
 	}
 	char *dir = xasprintf("%s/kernels/%s", state_dir, name);
@@ -1190,9 +1175,9 @@ int kernel_remove(const char *state_dir, const char *name, char **errmsg)
 	if (rename(dir, trash) < 0) {
 		rc = bg_errno(errno);
 		if (errno == ENOENT)
-			set_err(errmsg, "no kernel named '%s'", name);
+			errmsg_set(errmsg, "no kernel named '%s'", name);
 		else
-			set_err(errmsg, "cannot remove '%s': %s", dir, strerror(errno));
+			errmsg_set(errmsg, "cannot remove '%s': %s", dir, strerror(errno));
 	} else {
 		rc = rm_rf(trash);
 	}

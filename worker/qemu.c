@@ -61,21 +61,6 @@ struct qemu_vm {
 	char *run_dir, *agent_sock, *qmp_sock, *console_log, *qemu_log, *pidfile;
 };
 
-static void set_err(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char **errmsg, const char *fmt, ...)
-{
-	if (!errmsg)
-		return;
-	struct sb sb;
-	va_list ap;
-	sb_init(&sb);
-	va_start(ap, fmt);
-	sb_vaddf(&sb, fmt, ap);
-	va_end(ap);
-	free(*errmsg);
-	*errmsg = sb_detach(&sb);
-}
-
 const char *qemu_accel_name(enum qemu_accel a)
 {
 	switch (a) {
@@ -225,20 +210,20 @@ int qemu_build_argv(const struct qemu_config *cfg, enum qemu_accel accel, char *
 	const char *bus = mvm ? "device" : "pci";
 
 	if (!cfg->name || !cfg->run_dir || !cfg->kernel || !cfg->initrd) {
-		set_err(errmsg, "qemu: name, run directory, kernel and initramfs are required");
+		errmsg_set(errmsg, "qemu: name, run directory, kernel and initramfs are required");
 		return BG_ERR_INVAL;
 	}
 	if (accel == QEMU_ACCEL_AUTO) {
-		set_err(errmsg, "qemu: resolve the accelerator first");
+		errmsg_set(errmsg, "qemu: resolve the accelerator first");
 		return BG_ERR_INVAL;
 	}
 	if (strlen(cfg->run_dir) + sizeof("/agent.sock") > SUN_MAX) {
-		set_err(errmsg, "run directory '%s' is too long for a Unix socket path (%d bytes)",
+		errmsg_set(errmsg, "run directory '%s' is too long for a Unix socket path (%d bytes)",
 			cfg->run_dir, SUN_MAX);
 		return BG_ERR_INVAL;
 	}
 	if (cfg->guest_ip && !param_ok(cfg->guest_ip)) {
-		set_err(errmsg, "guest address '%s' contains spaces or quotes", cfg->guest_ip);
+		errmsg_set(errmsg, "guest address '%s' contains spaces or quotes", cfg->guest_ip);
 		return BG_ERR_INVAL;
 	}
 	int mem = cfg->memory_mb > 0 ? cfg->memory_mb : 256;
@@ -301,7 +286,7 @@ int qemu_build_argv(const struct qemu_config *cfg, enum qemu_accel accel, char *
 	if (cfg->rootfs) {
 		const char *fmt = cfg->rootfs_format ? cfg->rootfs_format : "raw";
 		if (strcmp(fmt, "raw") != 0 && strcmp(fmt, "qcow2") != 0) {
-			set_err(errmsg, "root disk format '%s' is not raw or qcow2", fmt);
+			errmsg_set(errmsg, "root disk format '%s' is not raw or qcow2", fmt);
 			free(e_run);
 			qemu_argv_free(a.v);
 			return BG_ERR_INVAL;
@@ -465,7 +450,7 @@ static int spawn(char **argv, const char *log_path, pid_t *pid, char **errmsg)
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
 	if (rc != 0) {
-		set_err(errmsg, "cannot run '%s': %s%s", argv[0], strerror(rc),
+		errmsg_set(errmsg, "cannot run '%s': %s%s", argv[0], strerror(rc),
 			rc == ENOENT ? " (install qemu-system-x86)" : "");
 		return bg_errno(rc);
 	}
@@ -539,7 +524,7 @@ static int start_argv(const char *run_dir, char **argv, enum qemu_accel accel,
 	vm->pidfd = pidfd_open_(vm->pid);
 	if (vm->pidfd < 0) {
 		rc = bg_errno(errno);
-		set_err(errmsg, "pidfd_open: %s", strerror(errno));
+		errmsg_set(errmsg, "pidfd_open: %s", strerror(errno));
 		kill(-vm->pid, SIGKILL);
 		waitpid(vm->pid, NULL, 0);
 		qemu_destroy(vm);
@@ -696,22 +681,22 @@ int qemu_start(const struct qemu_config *cfg, struct qemu_vm **out, char **errms
 	char **argv = NULL;
 	int rc;
 	if (!cfg->run_dir) {
-		set_err(errmsg, "qemu: a run directory is required");
+		errmsg_set(errmsg, "qemu: a run directory is required");
 		return BG_ERR_INVAL;
 	}
 	if ((rc = mkdir_p(cfg->run_dir, 0700)) < 0) {
-		set_err(errmsg, "cannot create '%s': %s", cfg->run_dir, bg_strerror(rc));
+		errmsg_set(errmsg, "cannot create '%s': %s", cfg->run_dir, bg_strerror(rc));
 		return rc;
 	}
 	struct stat st;
 	if (stat(cfg->kernel ? cfg->kernel : "", &st) < 0 ||
 	    stat(cfg->initrd ? cfg->initrd : "", &st) < 0) {
-		set_err(errmsg, "kernel '%s' or initramfs '%s' not found",
+		errmsg_set(errmsg, "kernel '%s' or initramfs '%s' not found",
 			cfg->kernel ? cfg->kernel : "", cfg->initrd ? cfg->initrd : "");
 		return BG_ERR_NOENT;
 	}
 	if (cfg->rootfs && stat(cfg->rootfs, &st) < 0) {
-		set_err(errmsg, "root disk '%s' not found", cfg->rootfs);
+		errmsg_set(errmsg, "root disk '%s' not found", cfg->rootfs);
 		return BG_ERR_NOENT;
 	}
 	if ((rc = qemu_accel_resolve(cfg, &accel, errmsg)) < 0)
@@ -733,17 +718,17 @@ int qemu_adopt(const char *run_dir, struct qemu_vm **out, char **errmsg)
 	size_t n;
 	int rc = BG_ERR_NOENT;
 	if (read_file(vm->pidfile, 64, &s, &n) < 0) {
-		set_err(errmsg, "no qemu pidfile in '%s'", run_dir);
+		errmsg_set(errmsg, "no qemu pidfile in '%s'", run_dir);
 		goto fail;
 	}
 	vm->pid = (pid_t)atol(s);
 	if (vm->pid <= 1) {
-		set_err(errmsg, "bad qemu pidfile in '%s'", run_dir);
+		errmsg_set(errmsg, "bad qemu pidfile in '%s'", run_dir);
 		goto fail;
 	}
 	vm->pidfd = pidfd_open_(vm->pid);
 	if (vm->pidfd < 0) {
-		set_err(errmsg, "qemu (pid %d) of '%s' is not running", (int)vm->pid, run_dir);
+		errmsg_set(errmsg, "qemu (pid %d) of '%s' is not running", (int)vm->pid, run_dir);
 		goto fail;
 	}
 	/* The pidfd pins the process; now check it is ours. */
@@ -758,7 +743,7 @@ int qemu_adopt(const char *run_dir, struct qemu_vm **out, char **errmsg)
 		ours = strstr(cmd, vm->agent_sock) != NULL;
 	}
 	if (!ours) {
-		set_err(errmsg, "pid %d is not the qemu of '%s' (pid reused)", (int)vm->pid, run_dir);
+		errmsg_set(errmsg, "pid %d is not the qemu of '%s' (pid reused)", (int)vm->pid, run_dir);
 		goto fail;
 	}
 	vm->accel = cmd && strstr(cmd, "-accel kvm") ? QEMU_ACCEL_KVM : QEMU_ACCEL_TCG;
@@ -797,17 +782,17 @@ int qemu_wait_agent(struct qemu_vm *vm, int64_t timeout_us, struct agent_conn **
 			snprintf(status, sizeof(status), " with status %d", WEXITSTATUS(vm->status));
 		else if (vm->is_child && vm->exited && WIFSIGNALED(vm->status))
 			snprintf(status, sizeof(status), " on signal %d", WTERMSIG(vm->status));
-		set_err(errmsg, "qemu exited%s before the guest's agent answered; qemu said: %s; "
+		errmsg_set(errmsg, "qemu exited%s before the guest's agent answered; qemu said: %s; "
 				"console: %s",
 			status, ql[0] ? ql : "(nothing)", con[0] ? con : "(nothing)");
 		free(ql);
 		rc = BG_ERR_CLOSED;
 	} else if (rc == BG_ERR_TIMEDOUT) {
-		set_err(errmsg, "the guest's agent did not answer within %.0f s (%s); console: %s",
+		errmsg_set(errmsg, "the guest's agent did not answer within %.0f s (%s); console: %s",
 			(double)timeout_us / 1e6, vm->accel == QEMU_ACCEL_TCG ? "tcg" : "kvm",
 			con[0] ? con : "(nothing)");
 	} else {
-		set_err(errmsg, "cannot reach the guest's agent: %s; console: %s", err ? err : "?",
+		errmsg_set(errmsg, "cannot reach the guest's agent: %s; console: %s", err ? err : "?",
 			con[0] ? con : "(nothing)");
 	}
 	free(con);
@@ -886,13 +871,13 @@ int qemu_qmp(struct qemu_vm *vm, const char *command, int64_t timeout_us, char *
 	sb_init(&in);
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
 		rc = bg_errno(errno);
-		set_err(errmsg, "qmp: connect '%s': %s", vm->qmp_sock, strerror(errno));
+		errmsg_set(errmsg, "qmp: connect '%s': %s", vm->qmp_sock, strerror(errno));
 		goto out;
 	}
 	/* greeting, then capabilities negotiation */
 	char *line = NULL;
 	if ((rc = qmp_read_line(fd, &in, &line)) < 0) {
-		set_err(errmsg, "qmp: no greeting: %s", bg_strerror(rc));
+		errmsg_set(errmsg, "qmp: no greeting: %s", bg_strerror(rc));
 		goto out;
 	}
 	free(line);
@@ -900,7 +885,7 @@ int qemu_qmp(struct qemu_vm *vm, const char *command, int64_t timeout_us, char *
 	if (write(fd, caps, sizeof(caps) - 1) != (ssize_t)sizeof(caps) - 1 ||
 	    (rc = qmp_reply(fd, &in, &j)) < 0) {
 		rc = rc ? rc : BG_ERR_IO;
-		set_err(errmsg, "qmp: capabilities negotiation failed");
+		errmsg_set(errmsg, "qmp: capabilities negotiation failed");
 		goto out;
 	}
 	json_decref(j);
@@ -918,7 +903,7 @@ int qemu_qmp(struct qemu_vm *vm, const char *command, int64_t timeout_us, char *
 	sb_release(&out);
 	if (!sent) {
 		rc = BG_ERR_IO;
-		set_err(errmsg, "qmp: cannot send '%s'", command);
+		errmsg_set(errmsg, "qmp: cannot send '%s'", command);
 		goto out;
 	}
 	rc = qmp_reply(fd, &in, &j);
@@ -927,12 +912,12 @@ int qemu_qmp(struct qemu_vm *vm, const char *command, int64_t timeout_us, char *
 		goto out;
 	}
 	if (rc < 0) {
-		set_err(errmsg, "qmp: no answer to '%s': %s", command, bg_strerror(rc));
+		errmsg_set(errmsg, "qmp: no answer to '%s': %s", command, bg_strerror(rc));
 		goto out;
 	}
 	json_t *err = json_object_get(j, "error");
 	if (err) {
-		set_err(errmsg, "qmp: '%s' failed: %s", command,
+		errmsg_set(errmsg, "qmp: '%s' failed: %s", command,
 			json_string_value(json_object_get(err, "desc"))
 				? json_string_value(json_object_get(err, "desc"))
 				: "?");
@@ -991,6 +976,6 @@ int qemu_stop(struct qemu_vm *vm, struct agent_conn *conn, int64_t grace_us, boo
 	free(err);
 	int rc = qemu_kill(vm);
 	if (rc < 0)
-		set_err(errmsg, "qemu (pid %d) survived SIGKILL for 10 s", (int)vm->pid);
+		errmsg_set(errmsg, "qemu (pid %d) survived SIGKILL for 10 s", (int)vm->pid);
 	return rc;
 }
