@@ -595,21 +595,41 @@ static int sq_job_get(struct queue *q, int64_t id, struct q_job *out)
 	return rc;
 }
 
-static int each_job(struct sq *s, sqlite3_stmt *st, q_job_cb cb, void *arg)
+/* Step st through its rows, calling row(st, arg) for each; stop at the first
+ * nonzero return and give it back.  A failed step is mapped to BG_ERR_*;
+ * st is reset either way. */
+static int each_row(struct sq *s, sqlite3_stmt *st, int (*row)(sqlite3_stmt *st, void *arg),
+		    void *arg)
 {
 	int rc, out = 0;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		struct q_job j;
-		read_job(st, &j);
-		out = cb(&j, arg);
-		q_job_release(&j);
-		if (out)
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if ((out = row(st, arg)))
 			break;
-	}
 	if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW)
 		out = map_rc(s, rc);
 	done_stmt(st);
 	return out;
+}
+
+struct job_rows {
+	q_job_cb cb;
+	void *arg;
+};
+
+static int job_row(sqlite3_stmt *st, void *arg)
+{
+	struct job_rows *jr = arg;
+	struct q_job j;
+	read_job(st, &j);
+	int out = jr->cb(&j, jr->arg);
+	q_job_release(&j);
+	return out;
+}
+
+static int each_job(struct sq *s, sqlite3_stmt *st, q_job_cb cb, void *arg)
+{
+	struct job_rows jr = {cb, arg};
+	return each_row(s, st, job_row, &jr);
 }
 
 static int sq_job_list(struct queue *q, const struct q_list_filter *f, q_job_cb cb, void *arg)
@@ -1263,26 +1283,30 @@ static int sq_event_append(struct queue *q, int64_t job, int64_t ts, const char 
 	return 0;
 }
 
+struct event_rows {
+	int64_t job;
+	q_event_cb cb;
+	void *arg;
+};
+
+static int event_row(sqlite3_stmt *st, void *arg)
+{
+	struct event_rows *er = arg;
+	return er->cb(er->job, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+		      (const char *)sqlite3_column_text(st, 2), sqlite3_column_blob(st, 3),
+		      (size_t)sqlite3_column_bytes(st, 3), er->arg);
+}
+
 static int sq_events_read(struct queue *q, int64_t job, int64_t from_seq, int limit, q_event_cb cb,
 			  void *arg)
 {
 	struct sq *s = SQ(q);
 	sqlite3_stmt *st = stmt(s, S_EVENTS_READ);
-	int rc, out = 0;
 	sqlite3_bind_int64(st, 1, job);
 	sqlite3_bind_int64(st, 2, from_seq);
 	sqlite3_bind_int(st, 3, limit);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		out = cb(job, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
-			 (const char *)sqlite3_column_text(st, 2), sqlite3_column_blob(st, 3),
-			 (size_t)sqlite3_column_bytes(st, 3), arg);
-		if (out)
-			break;
-	}
-	if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW)
-		out = map_rc(s, rc);
-	done_stmt(st);
-	return out;
+	struct event_rows er = {job, cb, arg};
+	return each_row(s, st, event_row, &er);
 }
 
 /* ---- images ------------------------------------------------------------ */
@@ -1517,23 +1541,26 @@ static int sq_vm_find(struct queue *q, const char *name, struct q_vm *out)
 	return rc;
 }
 
+struct vm_rows {
+	int (*cb)(const struct q_vm *, void *);
+	void *arg;
+};
+
+static int vm_row(sqlite3_stmt *st, void *arg)
+{
+	struct vm_rows *vr = arg;
+	struct q_vm vm;
+	read_vm(st, &vm);
+	int out = vr->cb(&vm, vr->arg);
+	q_vm_release(&vm);
+	return out;
+}
+
 static int sq_vm_list(struct queue *q, bool all, int (*cb)(const struct q_vm *, void *), void *arg)
 {
 	struct sq *s = SQ(q);
-	sqlite3_stmt *st = stmt(s, all ? S_VM_LIST_ALL : S_VM_LIST);
-	int rc, out = 0;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		struct q_vm vm;
-		read_vm(st, &vm);
-		out = cb(&vm, arg);
-		q_vm_release(&vm);
-		if (out)
-			break;
-	}
-	if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW)
-		out = map_rc(s, rc);
-	done_stmt(st);
-	return out;
+	struct vm_rows vr = {cb, arg};
+	return each_row(s, stmt(s, all ? S_VM_LIST_ALL : S_VM_LIST), vm_row, &vr);
 }
 
 static int sq_vm_set_state(struct queue *q, int64_t id, const char *state, int64_t pid,
