@@ -178,21 +178,26 @@ static void send_error(struct conn *c, uint32_t id, int code, const char *msg)
 	msgpack_sbuffer_destroy(&sb);
 }
 
-static void reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
+static void reply_verror(struct conn *c, uint32_t id, int code, const char *fmt, va_list ap)
 {
 	struct sb m;
-	va_list ap;
 	sb_init(&m);
-	va_start(ap, fmt);
 	sb_vaddf(&m, fmt, ap);
-	va_end(ap);
 	log_debug(c->op, 0, "error reply: %s", m.buf);
 	send_error(c, id, code, m.buf ? m.buf : bg_strerror(code));
 	sb_release(&m);
 	c->busy = false;
 	conn_next(c);
+}
+
+static void reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	reply_verror(c, id, code, fmt, ap);
+	va_end(ap);
 }
 
 /* ---- shapes -------------------------------------------------------------- */
@@ -1583,9 +1588,12 @@ void server_reply(struct conn *c, uint32_t id, const void *result, size_t len)
 	reply_end(c, &r);
 }
 
-void server_reply_error(struct conn *c, uint32_t id, int code, const char *msg)
+void server_reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
 {
-	reply_error(c, id, code, "%s", msg);
+	va_list ap;
+	va_start(ap, fmt);
+	reply_verror(c, id, code, fmt, ap);
+	va_end(ap);
 }
 
 void server_hold(struct conn *c)

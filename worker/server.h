@@ -38,7 +38,8 @@ bool server_has_subscribers(void);
  */
 struct conn;
 void server_reply(struct conn *c, uint32_t id, const void *result, size_t len);
-void server_reply_error(struct conn *c, uint32_t id, int code, const char *msg);
+void server_reply_error(struct conn *c, uint32_t id, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
 void server_hold(struct conn *c);
 bool server_unhold(struct conn *c);
 /* The op id of the connection's current request. */

@@ -49,20 +49,6 @@ static void send_packed(struct conn *c, uint32_t id, msgpack_sbuffer *sb)
 	msgpack_sbuffer_destroy(sb);
 }
 
-static void errorf(struct conn *c, uint32_t id, int code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void errorf(struct conn *c, uint32_t id, int code, const char *fmt, ...)
-{
-	struct sb m;
-	va_list ap;
-	sb_init(&m);
-	va_start(ap, fmt);
-	sb_vaddf(&m, fmt, ap);
-	va_end(ap);
-	server_reply_error(c, id, code, m.buf ? m.buf : bg_strerror(code));
-	sb_release(&m);
-}
-
 /* ---- vm.list, vm.show ------------------------------------------------------ */
 
 static void pack_vm(msgpack_packer *pk, const struct q_vm *vm)
@@ -119,13 +105,13 @@ void vmrpc_vm_list(struct conn *c, uint32_t id, const msgpack_object *params)
 {
 	bool all = false;
 	if (mpk_get_bool(params, "all", &all) == BG_ERR_INVAL) {
-		errorf(c, id, BG_ERR_INVAL, "'all' must be true or false");
+		server_reply_error(c, id, BG_ERR_INVAL, "'all' must be true or false");
 		return;
 	}
 	struct vm_pack vp = {0};
 	int rc = R.q->ops->vm_list(R.q, all, count_vm_cb, &vp);
 	if (rc) {
-		errorf(c, id, rc, "cannot list vms: %s", R.q->errmsg);
+		server_reply_error(c, id, rc, "cannot list vms: %s", R.q->errmsg);
 		return;
 	}
 	msgpack_sbuffer sb;
@@ -146,7 +132,7 @@ void vmrpc_vm_show(struct conn *c, uint32_t id, const msgpack_object *params)
 	struct q_vm vm;
 	int rc;
 	if (!key || !*key) {
-		errorf(c, id, BG_ERR_INVAL, "missing 'vm' (a vm name or id)");
+		server_reply_error(c, id, BG_ERR_INVAL, "missing 'vm' (a vm name or id)");
 		free(key);
 		return;
 	}
@@ -154,7 +140,7 @@ void vmrpc_vm_show(struct conn *c, uint32_t id, const msgpack_object *params)
 	long long n = strtoll(key, &end, 10);
 	rc = *end == '\0' && n > 0 ? R.q->ops->vm_get(R.q, n, &vm) : R.q->ops->vm_find(R.q, key, &vm);
 	if (rc) {
-		errorf(c, id, rc, "no vm '%s'", key);
+		server_reply_error(c, id, rc, "no vm '%s'", key);
 		free(key);
 		return;
 	}
@@ -427,7 +413,7 @@ static void pool_done(uv_work_t *w, int status)
 		op->rc = BG_ERR_CANCELED;
 	if (server_unhold(op->c)) {
 		if (op->rc)
-			errorf(op->c, op->id, op->rc, "%s", op->err ? op->err : bg_strerror(op->rc));
+			server_reply_error(op->c, op->id, op->rc, "%s", op->err ? op->err : bg_strerror(op->rc));
 		else
 			server_reply(op->c, op->id, op->out.data, op->out.size);
 	}
@@ -451,7 +437,7 @@ static void pool_start(struct pool_op *op)
 	op->work.data = op;
 	if (uv_queue_work(R.loop, &op->work, pool_work, pool_done) != 0) {
 		/* its callback never fires */
-		errorf(op->c, op->id, BG_ERR_NOMEM, "cannot start the work in the pool");
+		server_reply_error(op->c, op->id, BG_ERR_NOMEM, "cannot start the work in the pool");
 		pool_op_free(op);
 		return;
 	}
@@ -465,21 +451,21 @@ void vmrpc_kernel_import(struct conn *c, uint32_t id, const msgpack_object *para
 	char *source = mpk_dup_str(params, "source"), *name = mpk_dup_str(params, "name");
 	bool replace = false;
 	if (!source || source[0] != '/') {
-		errorf(c, id, BG_ERR_INVAL, "'source' must be the absolute path of a kernel package, "
+		server_reply_error(c, id, BG_ERR_INVAL, "'source' must be the absolute path of a kernel package, "
 		       "directory or image");
 		free(source);
 		free(name);
 		return;
 	}
 	if (name && !kernel_name_ok(name)) {
-		errorf(c, id, BG_ERR_INVAL, "invalid kernel name '%.64s': use 1 to 64 of A-Z, a-z, "
+		server_reply_error(c, id, BG_ERR_INVAL, "invalid kernel name '%.64s': use 1 to 64 of A-Z, a-z, "
 		       "0-9, '.', '_', '+' and '-', not starting with '.' or '-'", name);
 		free(source);
 		free(name);
 		return;
 	}
 	if (mpk_get_bool(params, "replace", &replace) == BG_ERR_INVAL) {
-		errorf(c, id, BG_ERR_INVAL, "'replace' must be true or false");
+		server_reply_error(c, id, BG_ERR_INVAL, "'replace' must be true or false");
 		free(source);
 		free(name);
 		return;
@@ -516,7 +502,7 @@ void vmrpc_kernel_rm(struct conn *c, uint32_t id, const msgpack_object *params)
 {
 	char *name = mpk_dup_str(params, "name");
 	if (!name || !kernel_name_ok(name)) {
-		errorf(c, id, BG_ERR_INVAL, "missing or invalid 'name' (a kernel name)");
+		server_reply_error(c, id, BG_ERR_INVAL, "missing or invalid 'name' (a kernel name)");
 		free(name);
 		return;
 	}
@@ -524,7 +510,7 @@ void vmrpc_kernel_rm(struct conn *c, uint32_t id, const msgpack_object *params)
 	sb_init(&u.names);
 	R.q->ops->vm_list(R.q, false, kernel_user_cb, &u);
 	if (u.n) {
-		errorf(c, id, BG_ERR_BUSY, "kernel '%s' is in use by %zu vm%s (%s): delete %s first",
+		server_reply_error(c, id, BG_ERR_BUSY, "kernel '%s' is in use by %zu vm%s (%s): delete %s first",
 		       name, u.n, u.n == 1 ? "" : "s", u.names.buf, u.n == 1 ? "it" : "them");
 		sb_release(&u.names);
 		free(name);
