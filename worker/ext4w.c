@@ -23,11 +23,13 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <ext2fs/ext2fs.h>
@@ -896,4 +898,24 @@ void ext4w_destroy(struct ext4w *w)
 	free(w->blk);
 	free(w->path);
 	free(w);
+}
+
+int ext4w_space_check(const char *out_path, uint64_t need, const char *what, char **msg)
+{
+	char *copy = xstrdup(out_path);
+	const char *dir = dirname(copy);
+	struct statvfs sv;
+	int rc = 0;
+	if (statvfs(dir, &sv) == 0) {
+		uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+		if (avail < need) {
+			*msg = xasprintf("not enough space for '%s': %s needs about %llu MiB on "
+					 "disk and '%s' has %llu MiB free",
+					 out_path, what, (unsigned long long)(need >> 20) + 1, dir,
+					 (unsigned long long)(avail >> 20));
+			rc = BG_ERR_NOSPC;
+		}
+	}
+	free(copy);
+	return rc;
 }

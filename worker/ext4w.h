@@ -89,6 +89,12 @@ int ext4w_file_runs(struct ext4w *w, const struct rt_inode *in, const struct ext
 
 /* Flush and close; w is freed whatever happens.  info (may be NULL) receives
  * the final counts and uuid_text (37 bytes, may be NULL) the UUID. */
+/* Whether the filesystem holding out_path has need bytes free: 0, or
+ * BG_ERR_NOSPC with *msg (caller frees) naming what (e.g. "the image"), the
+ * sizes and the directory.  An unreadable filesystem passes (the write
+ * itself then reports). */
+int ext4w_space_check(const char *out_path, uint64_t need, const char *what, char **msg);
+
 int ext4w_close(struct ext4w *w, struct ext4w_info *info, char *uuid_text, char **why);
 
 /* Abandon: free without flushing.  NULL is fine. */

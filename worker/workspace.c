@@ -665,22 +665,14 @@ static int write_dir(struct ws *b, const struct rt_dentry *d, int dfd, struct sb
 	return rc;
 }
 
+/* Refuse before writing when the disk cannot take the image. */
 static int space_check(struct ws *b, const char *out_path, uint64_t need)
 {
-	char *copy = xstrdup(out_path);
-	const char *dir = dirname(copy);
-	struct statvfs sv;
-	int rc = 0;
-	if (statvfs(dir, &sv) == 0) {
-		uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
-		if (avail < need)
-			rc = failf(b, BG_ERR_NOSPC,
-				   "not enough space for '%s': the workspace image needs about %llu "
-				   "MiB on disk and '%s' has %llu MiB free",
-				   out_path, (unsigned long long)(need >> 20) + 1, dir,
-				   (unsigned long long)(avail >> 20));
-	}
-	free(copy);
+	char *msg = NULL;
+	int rc = ext4w_space_check(out_path, need, "the workspace image", &msg);
+	if (rc)
+		rc = failf(b, rc, "%s", msg);
+	free(msg);
 	return rc;
 }
 
