@@ -142,6 +142,25 @@ static void print_job_lines(const msgpack_object *jobs)
 	out_table_release(&t);
 }
 
+/* The directory relative paths in the spec are resolved against: the
+ * spec file's own (symlinks resolved), or the current one for a spec read
+ * from a pipe.  NULL when it cannot be resolved. */
+static char *spec_dir(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+		return realpath(".", NULL);
+	char *full = realpath(path, NULL);
+	if (!full)
+		return NULL;
+	char *slash = strrchr(full, '/');
+	if (slash == full)
+		slash[1] = '\0';
+	else if (slash)
+		*slash = '\0';
+	return full;
+}
+
 static int submit_run(struct cli *cli, const struct args *a)
 {
 	const char *path = a->pos[0];
@@ -158,10 +177,14 @@ static int submit_run(struct cli *cli, const struct args *a)
 	int st = read_spec(path, &text, &len);
 	if (st)
 		return st;
-	params_begin(&sb, &pk, 2 + (key != NULL));
+	char *dir = spec_dir(path);
+	params_begin(&sb, &pk, 2 + (key != NULL) + (dir != NULL));
 	mpk_pack_str(&pk, "spec");
 	mpk_pack_strn(&pk, text, len);
 	mpk_kv_str(&pk, "path", path);
+	if (dir)
+		mpk_kv_str(&pk, "dir", dir);
+	free(dir);
 	if (key)
 		mpk_kv_str(&pk, "key", key);
 	free(text);

@@ -44,7 +44,10 @@
  * job.submit
  *   params: { spec: str       YAML text of a spec (see docs/spec.md)
  *             path: str       the spec's file name, used in error messages
- *                             and as the base of relative paths
+ *             dir: str?       the absolute directory relative paths in the
+ *                             spec are resolved against (a workspace's
+ *                             `from:`, an export's `to:`); default: the
+ *                             directory of path when path is absolute
  *             key: str?       idempotency key: a second submit with the same
  *                             key returns the first submission
  *             jobs: [JOBDEF]? instead of spec: jobs as maps (programmatic

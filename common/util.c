@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,6 +292,39 @@ void rand_hex(char *out, size_t n)
 		out[2 * i + 1] = hx[b[i] & 15];
 	}
 	out[2 * n] = '\0';
+}
+
+int parse_size_bytes(const char *s, size_t n, int64_t *out)
+{
+	size_t i = 0;
+	uint64_t v = 0;
+	while (i < n && s[i] >= '0' && s[i] <= '9') {
+		if (v > (uint64_t)INT64_MAX / 10)
+			return BG_ERR_INVAL;
+		v = v * 10 + (uint64_t)(s[i++] - '0');
+	}
+	if (i == 0)
+		return BG_ERR_INVAL;
+	unsigned shift = 0;
+	if (i < n) {
+		switch (s[i]) {
+		case 'K': case 'k': shift = 10; break;
+		case 'M': case 'm': shift = 20; break;
+		case 'G': case 'g': shift = 30; break;
+		case 'T': case 't': shift = 40; break;
+		default: break;
+		}
+		if (shift)
+			i++;
+	}
+	const char *rest = s + i;
+	size_t rl = n - i;
+	bool ok = rl == 0 || (rl == 1 && *rest == 'B') ||
+		  (shift && ((rl == 1 && *rest == 'i') || (rl == 2 && !memcmp(rest, "iB", 2))));
+	if (!ok || v > ((uint64_t)INT64_MAX >> shift))
+		return BG_ERR_INVAL;
+	*out = (int64_t)(v << shift);
+	return 0;
 }
 
 int parse_duration_us(const char *s, int64_t *out)

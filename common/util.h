@@ -61,5 +61,8 @@ void rand_hex(char *out, size_t n);
 /* Parse a duration such as "20m", "1h30m", "500ms", "10s" into microseconds.
  * A bare number means seconds.  0 or BG_ERR_INVAL. */
 int parse_duration_us(const char *s, int64_t *out);
+/* Sizes: "4096", "512K", "256M", "1G", "2T", each unit also as "Ki"/"KiB"/
+ * "KB" (binary in every spelling), "4096B"; n bytes of s.  0 or BG_ERR_INVAL. */
+int parse_size_bytes(const char *s, size_t n, int64_t *out);
 
 #endif

@@ -74,7 +74,15 @@ struct kind {
 	 * resumable: true re-queues the job after rollback (attempt not counted);
 	 * false leaves it rolled_back.  A spec's `retry:` overrides it. */
 	bool retry_interrupted;
+	/* Its fields hold paths relative to the spec's directory: the job's
+	 * params get SPEC_DIR_FIELD, the absolute directory of the submitted
+	 * file (spec_set_dir), absent when the client sent none. */
+	bool wants_dir;
 };
+
+/* The parameter spec_set_dir adds.  A spec cannot set it: it is no kind's
+ * declared field, so the parser refuses it as unknown. */
+#define SPEC_DIR_FIELD "_dir"
 
 /* Register a kind (static storage; the registry keeps the pointer). */
 void kinds_register(const struct kind *k);
@@ -93,5 +101,6 @@ extern const struct kind kind_image_pull; /* kind_image.c */
 extern const struct kind kind_vm_create; /* kind_vm.c */
 extern const struct kind kind_vm_exec;
 extern const struct kind kind_vm_delete;
+extern const struct kind kind_workspace_export; /* kind_workspace.c */
 
 #endif

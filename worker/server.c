@@ -398,6 +398,13 @@ static int64_t index_find(const struct name_index *ix, const struct spec *sp, co
 	return -1;
 }
 
+/* The directory part of an absolute file name ("/" for "/x"). */
+static char *dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash == path ? xstrdup("/") : xstrndup(path, (size_t)(slash - path));
+}
+
 static void m_submit(struct conn *c, uint32_t id, const msgpack_object *params)
 {
 	struct spec sp;
@@ -418,6 +425,14 @@ static void m_submit(struct conn *c, uint32_t id, const msgpack_object *params)
 		free(path);
 		free(key);
 		return;
+	}
+	if (rc == 0) {
+		char *dir = mpk_dup_str(params, "dir");
+		if (!dir && path && path[0] == '/')
+			dir = dir_of(path);
+		if (dir && (rc = spec_set_dir(&sp, dir, &err)) != 0)
+			spec_release(&sp);
+		free(dir);
 	}
 	if (rc) {
 		reply_error(c, id, BG_ERR_SPEC, "%s", err ? err : "invalid spec");

@@ -353,41 +353,6 @@ static bool parse_int(const char *s, size_t n, int64_t *out)
 	return true;
 }
 
-/* "4096", "512K", "256M", "1G", "2T", each unit also as "Ki"/"KiB"/"KB"
- * (binary in every spelling), "4096B". */
-static bool parse_size(const char *s, size_t n, int64_t *out)
-{
-	size_t i = 0;
-	uint64_t v = 0;
-	while (i < n && s[i] >= '0' && s[i] <= '9') {
-		if (v > (uint64_t)INT64_MAX / 10)
-			return false;
-		v = v * 10 + (uint64_t)(s[i++] - '0');
-	}
-	if (i == 0)
-		return false;
-	unsigned shift = 0;
-	if (i < n) {
-		switch (s[i]) {
-		case 'K': case 'k': shift = 10; break;
-		case 'M': case 'm': shift = 20; break;
-		case 'G': case 'g': shift = 30; break;
-		case 'T': case 't': shift = 40; break;
-		default: break;
-		}
-		if (shift)
-			i++;
-	}
-	const char *rest = s + i;
-	size_t rl = n - i;
-	bool ok = rl == 0 || (rl == 1 && *rest == 'B') ||
-		  (shift && ((rl == 1 && *rest == 'i') || (rl == 2 && !memcmp(rest, "iB", 2))));
-	if (!ok || v > ((uint64_t)INT64_MAX >> shift))
-		return false;
-	*out = (int64_t)(v << shift);
-	return true;
-}
-
 static bool val_int(const struct val *v, int64_t *out)
 {
 	const char *s;
@@ -438,7 +403,7 @@ static bool val_size(const struct val *v, int64_t *out)
 	size_t n;
 	if (vtype(v) == VT_INT)
 		return mpk_as_int(v->m, out) && *out >= 0;
-	return vstr(v, &s, &n) && parse_size(s, n, out);
+	return vstr(v, &s, &n) && parse_size_bytes(s, n, out) == 0;
 }
 
 /* Text of a scalar for a string field: msgpack numbers and booleans are
@@ -1395,6 +1360,61 @@ int spec_from_msgpack(const msgpack_object *jobs, const char *name, struct spec 
 			mp_job(&ps, i, &jobs->via.array.ptr[i]);
 	}
 	return finish(&ps, xstrdup(name && *name ? name : "batch"), out, errmsg);
+}
+
+static bool dir_clean(const char *d)
+{
+	if (d[0] != '/' || strlen(d) >= 4096)
+		return false;
+	for (const char *p = d; *p;) {
+		while (*p == '/')
+			p++;
+		const char *e = strchrnul(p, '/');
+		size_t n = (size_t)(e - p);
+		if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+			return false;
+		p = e;
+	}
+	return true;
+}
+
+int spec_set_dir(struct spec *s, const char *dir, char **errmsg)
+{
+	if (!dir_clean(dir)) {
+		*errmsg = xasprintf("the spec's directory '%.200s' is not an absolute, clean path",
+				    dir);
+		return BG_ERR_INVAL;
+	}
+	for (size_t i = 0; i < s->njobs; i++) {
+		struct spec_job *j = &s->jobs[i];
+		const struct kind *k = kinds_find(j->kind);
+		if (!k || !k->wants_dir)
+			continue;
+		msgpack_unpacked u;
+		msgpack_unpacked_init(&u);
+		size_t off = 0;
+		if (msgpack_unpack_next(&u, j->params, j->params_len, &off) != MSGPACK_UNPACK_SUCCESS ||
+		    u.data.type != MSGPACK_OBJECT_MAP) {
+			msgpack_unpacked_destroy(&u);
+			continue;
+		}
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		const msgpack_object_map *m = &u.data.via.map;
+		msgpack_pack_map(&pk, m->size + 1);
+		for (uint32_t f = 0; f < m->size; f++) {
+			msgpack_pack_object(&pk, m->ptr[f].key);
+			msgpack_pack_object(&pk, m->ptr[f].val);
+		}
+		mpk_kv_str(&pk, SPEC_DIR_FIELD, dir);
+		msgpack_unpacked_destroy(&u);
+		free(j->params);
+		j->params_len = sb.size;
+		j->params = msgpack_sbuffer_release(&sb);
+	}
+	return 0;
 }
 
 void spec_release(struct spec *s)

@@ -54,4 +54,11 @@ int spec_from_msgpack(const msgpack_object *jobs, const char *name, struct spec 
 
 void spec_release(struct spec *s);
 
+/*
+ * Give the jobs whose kind wants it (kind.wants_dir) the spec's directory
+ * as the parameter SPEC_DIR_FIELD.  dir must be absolute and clean (no "."
+ * or ".." components): BG_ERR_INVAL with *errmsg otherwise.
+ */
+int spec_set_dir(struct spec *s, const char *dir, char **errmsg);
+
 #endif

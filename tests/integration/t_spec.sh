@@ -77,3 +77,26 @@ test_cli_usage_errors() {
 	[ $? -ne 0 ] || fail "ping without a daemon succeeded"
 	expect_contains "$out" "cannot connect to bangerd"
 }
+
+# relative paths in a spec are resolved against the spec file's own
+# directory, whoever submits it from wherever; a spec cannot set it
+test_spec_directory_goes_with_the_submission() {
+	start_daemon
+	mkdir -p "$T/pipeline/sub" "$T/elsewhere"
+	ln -s pipeline "$T/link"
+	spec pipeline/sub/s.yaml <<'EOF2'
+jobs:
+  a: { kind: test.echo, text: hi }
+EOF2
+	(cd "$T/elsewhere" && b job submit ../link/sub/s.yaml --follow >/dev/null) || fail submit
+	expect_eq "$(jfield 1 result.dir)" "$(realpath "$T/pipeline/sub")" "the spec's directory"
+	# a spec read from a pipe: the current directory
+	(cd "$T/elsewhere" && cat "$T/pipeline/sub/s.yaml" | b job submit /dev/stdin --follow >/dev/null) ||
+		fail "submit from stdin"
+	expect_eq "$(jfield 2 result.dir)" "$(realpath "$T/elsewhere")" "a piped spec's directory"
+	spec own.yaml <<'EOF2'
+jobs:
+  a: { kind: test.echo, _dir: /etc }
+EOF2
+	expect_contains "$(submit_bad "$T/own.yaml")" "unknown key '_dir' in job 'a'"
+}

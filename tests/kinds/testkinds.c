@@ -49,7 +49,7 @@ static const struct step_def noop_steps[] = {
 	{.name = "noop", .plan = noop_plan, .do_ = noop_do, .resumable = true},
 };
 static const struct kind noop_kind = {
-	"test.noop", "does nothing, durably", noop_fields, noop_steps, 1, true,
+	"test.noop", "does nothing, durably", noop_fields, noop_steps, 1, true, false,
 };
 
 /* ---- test.marker ---- */
@@ -157,7 +157,7 @@ static const struct step_def marker_steps[] = {
 };
 static const struct kind marker_kind = {
 	"test.marker", "creates marker files, undo moves them away", marker_fields,
-	marker_steps, 3, true,
+	marker_steps, 3, true, false,
 };
 static const struct step_def marker_once_steps[] = {
 	{.name = "s1", .plan = marker_plan, .do_ = marker_do, .undo = marker_undo},
@@ -166,7 +166,7 @@ static const struct step_def marker_once_steps[] = {
 };
 static const struct kind marker_once_kind = {
 	"test.marker_once", "test.marker with steps that cannot resume", marker_fields,
-	marker_once_steps, 3, false,
+	marker_once_steps, 3, false, false,
 };
 
 /* ---- test.echo ---- */
@@ -200,8 +200,15 @@ static int echo_do(struct step_ctx *ctx)
 			return step_fail(ctx, BG_ERR_STEP, true, "command exited with status %d",
 					 (int)v);
 	}
-	msgpack_pack_map(&ctx->result, 1);
+	const char *dir = NULL;
+	size_t dlen = 0;
+	mpk_get_str(ctx->params, SPEC_DIR_FIELD, &dir, &dlen);
+	msgpack_pack_map(&ctx->result, 1 + (dir != NULL));
 	mpk_kv_int(&ctx->result, "exit_code", 0);
+	if (dir) {
+		mpk_pack_str(&ctx->result, "dir");
+		mpk_pack_strn(&ctx->result, dir, dlen);
+	}
 	return 0;
 }
 
@@ -217,7 +224,8 @@ static const struct step_def echo_steps[] = {
 	{.name = "run", .do_ = echo_do},
 };
 static const struct kind echo_kind = {
-	"test.echo", "prints, sleeps and exits as told", echo_fields, echo_steps, 1, false,
+	"test.echo", "prints, sleeps and exits as told; its result names the spec's directory",
+	echo_fields, echo_steps, 1, false, true,
 };
 
 void kinds_register_all(void)
