@@ -37,7 +37,8 @@ enum ctype {
 	CT_BRIDGE, /* a bridge name under banger's prefix */
 	CT_CIDR,   /* IPv4 a.b.c.d/n, host bits zero, n in lo..hi */
 	CT_BOOL,   /* true/false, yes/no, on/off */
-	CT_BACKEND /* "nft" | "iptables" */
+	CT_BACKEND, /* "nft" | "iptables" */
+	CT_SIZE     /* "10G", "512M", bytes: int64 lo..hi */
 };
 
 struct ckey {
@@ -69,6 +70,8 @@ static const struct ckey keys[] = {
 	{"nat_backend", CT_BACKEND, OFF(nat_backend), 0, 0},
 	{"helper_socket", CT_PATH, OFF(helper_socket), 0, 0},
 	{"agent_path", CT_PATH, OFF(agent_path), 0, 0},
+	{"max_export_bytes", CT_SIZE, OFF(max_export_bytes), 0, INT64_MAX},
+	{"artifacts_dir", CT_PATH, OFF(artifacts_dir), 0, 0},
 };
 #undef OFF
 
@@ -302,6 +305,13 @@ static void take(struct loader *ld, struct bg_config *c, const struct ckey *k,
 			problem(ld, where, "'%s' must be a duration such as '30s' or '5m', got %s",
 				k->name, shown(vn, got));
 		break;
+	case CT_SIZE:
+		if (v && parse_size_bytes(v, strlen(v), &num) == 0 && num >= k->lo && num <= k->hi)
+			set_int(k, c, num);
+		else
+			problem(ld, where, "'%s' must be a size such as '10G' or '512M' (0: no limit), "
+				"got %s", k->name, shown(vn, got));
+		break;
 	case CT_LIMITS: take_limits(ld, c, k, vn); break;
 	case CT_ID:
 		if (to_int(v, &num) && num >= k->lo && num <= k->hi)
@@ -469,6 +479,7 @@ static void defaults(struct bg_config *c)
 	c->net_prefix = 24;
 	c->nat = true;
 	c->nat_backend = xstrdup("nft");
+	c->max_export_bytes = 10LL << 30;
 }
 
 /* owner_gid when only owner_uid was given: the owner's primary group, or the
@@ -599,6 +610,7 @@ void config_release(struct bg_config *c)
 	free(c->nat_backend);
 	free(c->helper_socket);
 	free(c->agent_path);
+	free(c->artifacts_dir);
 	memset(c, 0, sizeof(*c));
 }
 

@@ -86,10 +86,11 @@ static const char *rel_bad(const char *rel)
 	return NULL;
 }
 
-int export_open(const char *to, const struct export_opts *o, struct export_file **out,
-		char **errmsg)
+/* The root `to` is under and the part of it below the root; the rules of
+ * export_check_to. */
+static int to_root(const char *to, const struct export_opts *o, const char **root,
+		   const char **rel, char **errmsg)
 {
-	*out = NULL;
 	if (!o || !o->spec_dir || !*o->spec_dir) {
 		errmsg_set(errmsg, "export: no spec directory given");
 		return BG_ERR_INVAL;
@@ -98,32 +99,56 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 		errmsg_set(errmsg, "export: 'to' is empty");
 		return BG_ERR_INVAL;
 	}
-	const char *root = o->spec_dir, *rel = to;
+	*root = o->spec_dir;
+	*rel = to;
 	if (to[0] == '/') {
-		if (o->artifacts_dir && under(o->artifacts_dir, to, &rel)) {
-			root = o->artifacts_dir;
-		} else if (!under(o->spec_dir, to, &rel)) {
+		if (o->artifacts_dir && under(o->artifacts_dir, to, rel)) {
+			*root = o->artifacts_dir;
+		} else if (!under(o->spec_dir, to, rel)) {
 			errmsg_set(errmsg, "export: '%s' is outside the spec's directory '%s'%s%s", to,
 				o->spec_dir, o->artifacts_dir ? " and the artifacts directory " : "",
 				o->artifacts_dir ? o->artifacts_dir : "");
 			return BG_ERR_PERM;
 		}
 	}
-	const char *bad = rel_bad(rel);
+	const char *bad = rel_bad(*rel);
 	if (bad) {
 		errmsg_set(errmsg, "export: 'to' '%s' is refused: %s", to, bad);
 		return strstr(bad, "'..'") ? BG_ERR_PERM : BG_ERR_INVAL;
 	}
+	return 0;
+}
+
+int export_check_to(const char *to, const struct export_opts *o, char **errmsg)
+{
+	const char *root, *rel;
+	return to_root(to, o, &root, &rel, errmsg);
+}
+
+/*
+ * Resolve `to` under the allowed roots, walking its directories one
+ * component at a time from the root without following symlinks (creating
+ * missing ones when create).  Out: the last directory's fd, the file's name
+ * in it, and the directory's path for messages (caller frees both strings
+ * and closes the fd).
+ */
+static int walk_to(const char *to, const struct export_opts *o, bool create, int *dirfd,
+		   char **name, char **dirpath, char **errmsg)
+{
+	*dirfd = -1;
+	*name = *dirpath = NULL;
+	const char *root, *rel;
+	int rc = to_root(to, o, &root, &rel, errmsg);
+	if (rc)
+		return rc;
 	int cur = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (cur < 0) {
 		int e = errno;
 		errmsg_set(errmsg, "export: cannot open '%s': %s", root, strerror(e));
 		return bg_errno(e);
 	}
-	/* walk the directories of rel, one component at a time, no symlinks */
 	char *copy = xstrdup(rel);
 	char *p = copy, *last = NULL;
-	int rc = 0;
 	struct sb done;
 	sb_init(&done);
 	sb_adds(&done, root);
@@ -137,7 +162,7 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 		if (!(len == 1 && p[0] == '.')) {
 			sb_addf(&done, "/%s", p);
 			int fd = openat(cur, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (fd < 0 && errno == ENOENT) {
+			if (fd < 0 && errno == ENOENT && create) {
 				if (mkdirat(cur, p, 0755) < 0 && errno != EEXIST) {
 					int e = errno;
 					errmsg_set(errmsg, "export: cannot create '%s': %s", done.buf, strerror(e));
@@ -173,9 +198,35 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 		rc = BG_ERR_INVAL;
 		goto out;
 	}
+	*dirfd = cur;
+	cur = -1;
+	*name = xstrdup(last);
+	*dirpath = sb_detach(&done);
+out:
+	if (cur >= 0)
+		close(cur);
+	free(copy);
+	sb_release(&done);
+	return rc;
+}
+
+static char *temp_name(const char *name, const char *tag)
+{
+	return xasprintf(".%.200s.%s.partial", name, tag);
+}
+
+int export_open(const char *to, const struct export_opts *o, struct export_file **out,
+		char **errmsg)
+{
+	*out = NULL;
+	int cur;
+	char *last, *dir;
+	int rc = walk_to(to, o, true, &cur, &last, &dir, errmsg);
+	if (rc)
+		return rc;
 	struct stat st;
 	if (fstatat(cur, last, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode)) {
-		errmsg_set(errmsg, "export: '%s/%s' exists and is %s; refused", done.buf, last,
+		errmsg_set(errmsg, "export: '%s/%s' exists and is %s; refused", dir, last,
 			S_ISLNK(st.st_mode)  ? "a symlink (exports never follow symlinks)"
 			: S_ISDIR(st.st_mode) ? "a directory"
 					      : "not a regular file");
@@ -186,14 +237,21 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 	f->dirfd = cur;
 	f->fd = -1;
 	f->name = xstrdup(last);
-	f->path = xasprintf("%s/%s", done.buf, last);
+	f->path = xasprintf("%s/%s", dir, last);
 	f->max = o->max_bytes;
 	f->mode = o->mode ? o->mode : 0644;
-	for (int tries = 0; tries < 100 && f->fd < 0; tries++) {
+	if (o->temp_tag) {
+		/* ours by name: a crashed attempt's leftover goes first */
+		f->tmpname = temp_name(last, o->temp_tag);
+		unlinkat(cur, f->tmpname, 0);
+		f->fd = openat(cur, f->tmpname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			       0600);
+	}
+	for (int tries = 0; !o->temp_tag && tries < 100 && f->fd < 0; tries++) {
 		char r[13];
 		rand_hex(r, 6);
 		free(f->tmpname);
-		f->tmpname = xasprintf(".%.200s.%s.partial", last, r);
+		f->tmpname = temp_name(last, r);
 		f->fd = openat(cur, f->tmpname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 			       0600);
 		if (f->fd < 0 && errno != EEXIST)
@@ -211,7 +269,7 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 		free(f);
 		goto out;
 	}
-	f->tmppath = xasprintf("%s/%s", done.buf, f->tmpname);
+	f->tmppath = xasprintf("%s/%s", dir, f->tmpname);
 	f->md = EVP_MD_CTX_new();
 	if (!f->md || EVP_DigestInit_ex(f->md, EVP_sha256(), NULL) != 1) {
 		errmsg_set(errmsg, "export: cannot start a sha256 digest");
@@ -225,8 +283,46 @@ int export_open(const char *to, const struct export_opts *o, struct export_file 
 out:
 	if (cur >= 0)
 		close(cur);
-	free(copy);
-	sb_release(&done);
+	free(last);
+	free(dir);
+	return rc;
+}
+
+int export_discard(const char *to, const struct export_opts *o, bool remove_to, char **errmsg)
+{
+	int cur;
+	char *last, *dir;
+	if (export_check_to(to, o, NULL) != 0)
+		return 0; /* refused before anything was written */
+	int rc = walk_to(to, o, false, &cur, &last, &dir, errmsg);
+	if (rc == BG_ERR_NOENT) {
+		if (errmsg) {
+			free(*errmsg);
+			*errmsg = NULL;
+		}
+		return 0; /* its directory never came to be: nothing was written */
+	}
+	if (rc)
+		return rc;
+	if (o->temp_tag) {
+		char *tmp = temp_name(last, o->temp_tag);
+		if (unlinkat(cur, tmp, 0) < 0 && errno != ENOENT) {
+			int e = errno;
+			errmsg_set(errmsg, "export: cannot remove '%s/%s': %s", dir, tmp, strerror(e));
+			rc = bg_errno(e);
+		}
+		free(tmp);
+	}
+	struct stat st;
+	if (!rc && remove_to && fstatat(cur, last, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode) && unlinkat(cur, last, 0) < 0 && errno != ENOENT) {
+		int e = errno;
+		errmsg_set(errmsg, "export: cannot remove '%s/%s': %s", dir, last, strerror(e));
+		rc = bg_errno(e);
+	}
+	close(cur);
+	free(last);
+	free(dir);
 	return rc;
 }
 

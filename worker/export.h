@@ -41,6 +41,11 @@ struct export_opts {
 	const char *artifacts_dir; /* may be NULL: an absolute `to:` may be under it */
 	uint64_t max_bytes;        /* 0: no limit (the config's max_export_bytes) */
 	unsigned mode;             /* of the stored file; 0: 0644 */
+	/* NULL: the temporary is ".NAME.<random>.partial".  Otherwise
+	 * ".NAME.<temp_tag>.partial", a name an undo record can hold before the
+	 * export starts (a job id and attempt); one left by an earlier attempt
+	 * is removed first. */
+	const char *temp_tag;
 };
 
 struct export_result {
@@ -72,6 +77,14 @@ int export_commit(struct export_file *f, struct export_result *res, char **errms
 void export_abort(struct export_file *f);
 /* The temporary's full path (for an undo record); valid while f lives. */
 const char *export_temp_path(const struct export_file *f);
+/* The rules on `to` that need no file system (a root it is under, no
+ * "..", a file name): 0, or what export_open would refuse it with. */
+int export_check_to(const char *to, const struct export_opts *o, char **errmsg);
+/* Undo: remove the temporary named by o->temp_tag next to `to`, and `to`
+ * itself (a regular file only) when remove_to.  Resolves `to` like
+ * export_open but creates nothing; a directory on the way that does not
+ * exist means nothing was written (0). */
+int export_discard(const char *to, const struct export_opts *o, bool remove_to, char **errmsg);
 /* Bytes written so far. */
 uint64_t export_size(const struct export_file *f);
 

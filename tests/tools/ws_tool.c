@@ -265,7 +265,7 @@ static int cmd_export(const struct opts *o, bool patch)
 		return usage();
 	if (conn_open(o, &c))
 		return 1;
-	struct export_opts eo = {o->spec_dir, o->artifacts, o->max, 0};
+	struct export_opts eo = {o->spec_dir, o->artifacts, o->max, 0, NULL};
 	struct export_hooks h = {ex_warn, NULL, (int64_t)(o->timeout * 1e6), NULL};
 	struct export_result r;
 	char *err = NULL;

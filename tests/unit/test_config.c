@@ -465,6 +465,25 @@ TEST(config_vm_keys)
 	free(err);
 	err = NULL;
 	free(path);
+	/* workspace exports: a size, and an absolute directory */
+	path = test_write_file("cfg/ws.yaml", "max_export_bytes: 512M\nartifacts_dir: /srv/artifacts\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK_EQ_INT(c.max_export_bytes, 512LL << 20);
+	CHECK_EQ_STR(c.artifacts_dir, "/srv/artifacts");
+	config_release(&c);
+	free(path);
+	path = test_write_file("cfg/ws-default.yaml", "workers: 2\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), 0);
+	CHECK_EQ_INT(c.max_export_bytes, 10LL << 30);
+	CHECK(c.artifacts_dir == NULL);
+	config_release(&c);
+	free(path);
+	path = test_write_file("cfg/ws-bad.yaml", "max_export_bytes: lots\n");
+	CHECK_EQ_INT(config_load(path, &c, &err), BG_ERR_INVAL);
+	CHECK_STR_CONTAINS(err ? err : "", "ws-bad.yaml:1:19: 'max_export_bytes' must be a size such as '10G'");
+	free(err);
+	err = NULL;
+	free(path);
 	path = test_write_file("cfg/vm-typo.yaml", "agent-path: /x\n");
 	CHECK_EQ_INT(config_load(path, &c, &err), BG_ERR_INVAL);
 	CHECK_STR_CONTAINS(err ? err : "", "(did you mean 'agent_path'?)");

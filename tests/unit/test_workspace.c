@@ -128,7 +128,7 @@ TEST(export_to_rules_limit_and_commit)
 	char *arts = xasprintf("%s/exp-arts", test_tmpdir());
 	REQUIRE(mkdir_p(spec, 0755) == 0);
 	REQUIRE(mkdir_p(arts, 0755) == 0);
-	struct export_opts o = {spec, arts, 10, 0};
+	struct export_opts o = {spec, arts, 10, 0, NULL};
 	struct export_file *f = NULL;
 	char *err = NULL;
 	CHECK(export_open("../x.tar", &o, &f, &err) == BG_ERR_PERM);
@@ -172,6 +172,29 @@ TEST(export_to_rules_limit_and_commit)
 	CHECK(strstr(export_temp_path(f), ".partial") != NULL);
 	REQUIRE(export_commit(f, NULL, &err) == 0);
 	CHECK(exists(arts, "x/y.tar"));
+	/* a tagged temporary: its name is known before it exists, a leftover
+	 * of that name is replaced, and export_discard removes it (and `to`
+	 * when asked) without creating anything */
+	struct export_opts ot = o;
+	ot.temp_tag = "7-1";
+	REQUIRE(export_open("t/out.tar", &ot, &f, &err) == 0);
+	CHECK(strstr(export_temp_path(f), "/t/.out.tar.7-1.partial") != NULL);
+	CHECK(exists(spec, "t/.out.tar.7-1.partial"));
+	export_abort(f);
+	REQUIRE(export_open("t/out.tar", &ot, &f, &err) == 0);
+	CHECK(export_write(f, "ab", 2, &err) == 0);
+	/* f stays open, as a crash would leave it: discard removes the file */
+	CHECK(export_discard("t/out.tar", &ot, false, &err) == 0);
+	CHECK(!exists(spec, "t/.out.tar.7-1.partial"));
+	export_abort(f);
+	REQUIRE(export_open("t/out.tar", &ot, &f, &err) == 0);
+	REQUIRE(export_commit(f, NULL, &err) == 0);
+	CHECK(exists(spec, "t/out.tar"));
+	CHECK(export_discard("t/out.tar", &ot, true, &err) == 0);
+	CHECK(!exists(spec, "t/out.tar"));
+	CHECK(export_discard("never/made/out.tar", &ot, true, &err) == 0);
+	CHECK(!exists(spec, "never"));
+	CHECK(export_discard("l/x.tar", &ot, true, &err) == BG_ERR_PERM);
 	free(err);
 	free(cmd);
 	free(abs);
