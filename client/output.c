@@ -623,9 +623,11 @@ void out_event(struct out_events *e, const msgpack_object *ev)
 		print_str_field(data, "phase");
 		print_error_suffix(data);
 		fputc('\n', stdout);
-	} else if (mpk_str_eq(stream, "log")) {
+	} else if (mpk_str_eq(stream, "log") || mpk_str_eq(stream, "warning")) {
 		line_begin(e, false);
 		job_prefix(ev);
+		if (mpk_str_eq(stream, "warning"))
+			fputs("warning: ", stdout);
 		if (data && data->type == MSGPACK_OBJECT_STR)
 			out_text(stdout, data->via.str.ptr, data->via.str.size, "    ");
 		else if (data && data->type == MSGPACK_OBJECT_BIN)

@@ -266,22 +266,35 @@ void step_emit(struct step_ctx *ctx, const char *stream, const void *data, size_
 	}
 }
 
-void step_logf(struct step_ctx *ctx, const char *fmt, ...)
+static void push_text(struct step_ctx *ctx, const char *stream, const char *fmt, va_list ap)
 {
 	struct sb sb;
-	va_list ap;
 	sb_init(&sb);
-	va_start(ap, fmt);
 	sb_vaddf(&sb, fmt, ap);
-	va_end(ap);
 	msgpack_sbuffer m;
 	msgpack_packer pk;
 	msgpack_sbuffer_init(&m);
 	msgpack_packer_init(&pk, &m, msgpack_sbuffer_write);
 	mpk_pack_strn(&pk, sb.buf ? sb.buf : "", sb.len);
-	push_event(ctx->job_id, "log", m.data, m.size);
+	push_event(ctx->job_id, stream, m.data, m.size);
 	msgpack_sbuffer_destroy(&m);
 	sb_release(&sb);
+}
+
+void step_logf(struct step_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	push_text(ctx, "log", fmt, ap);
+	va_end(ap);
+}
+
+void step_warnf(struct step_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	push_text(ctx, "warning", fmt, ap);
+	va_end(ap);
 }
 
 bool step_cancelled(struct step_ctx *ctx)

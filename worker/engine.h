@@ -45,6 +45,8 @@ void step_set_exit(struct step_ctx *ctx, int code);
 /* Append to the job's event stream ("stdout", "stderr", "log", ...). */
 void step_emit(struct step_ctx *ctx, const char *stream, const void *data, size_t len);
 void step_logf(struct step_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A "warning" event: something was skipped or degraded, the step goes on. */
+void step_warnf(struct step_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool step_cancelled(struct step_ctx *ctx);
 /* Sleep up to us; BG_ERR_CANCELED at once if the job is cancelled. */
 int step_sleep(struct step_ctx *ctx, int64_t us);

@@ -37,6 +37,7 @@ void kinds_register_shipped(void)
 	kinds_register(&kind_vm_create);
 	kinds_register(&kind_vm_exec);
 	kinds_register(&kind_vm_delete);
+	kinds_register(&kind_workspace_export);
 }
 
 const struct kind *kinds_at(size_t i)

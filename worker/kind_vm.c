@@ -71,6 +71,7 @@
 #include "queue.h"
 #include "util.h"
 #include "vm.h"
+#include "workspace.h"
 
 extern char **environ;
 
@@ -126,6 +127,8 @@ static struct {
 	char *helper_sock, *agent_path, *bridge, *probe_cache;
 	uint32_t net, mask;
 	int prefix;
+	int64_t max_export_bytes;
+	char *artifacts_dir;
 	pthread_mutex_t mu; /* notes, resvs, lives, posts */
 	struct note *notes;
 	struct resv *resvs;
@@ -717,6 +720,151 @@ static int resolve_vm(struct step_ctx *ctx, const char *ref, struct q_vm *out,
 	return BG_ERR_NOENT;
 }
 
+/* ---- vm.create: the workspace field ------------------------------------------------------ */
+
+static void strv_free(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		free(v[i]);
+	free(v);
+}
+
+#define WS_DEFAULT_TO "/workspace"
+
+struct ws_spec {
+	char *from; /* absolute */
+	char *to;   /* the mount point in the guest */
+	char **exclude; /* NULL-terminated */
+};
+
+static void ws_spec_release(struct ws_spec *w)
+{
+	free(w->from);
+	free(w->to);
+	strv_free(w->exclude);
+	memset(w, 0, sizeof(*w));
+}
+
+/* A mount point banger puts on the kernel command line and in a MOUNT
+ * request: absolute, clean, not "/", of [A-Za-z0-9._+@/-]. */
+static const char *ws_to_bad(const char *to)
+{
+	if (to[0] != '/')
+		return "it is not an absolute path";
+	if (!strcmp(to, "/"))
+		return "it is the guest's root";
+	if (strlen(to) > 255)
+		return "it is longer than 255 bytes";
+	for (const char *c = to; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		      (*c >= '0' && *c <= '9') || strchr("._+@/-", *c)))
+			return "use only letters, digits and . _ + @ / -";
+	for (const char *c = to; *c;) {
+		while (*c == '/')
+			c++;
+		size_t n = strcspn(c, "/");
+		if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+			return "it has a '.' or '..' component";
+		c += n;
+	}
+	return NULL;
+}
+
+static char *obj_str(const msgpack_object *o)
+{
+	return o && o->type == MSGPACK_OBJECT_STR ? xstrndup(o->via.str.ptr, o->via.str.size)
+						  : NULL;
+}
+
+/* The `workspace:` field: 0 with *present false when there is none; a
+ * permanent step failure naming what is wrong. */
+static int ws_parse(struct step_ctx *ctx, struct ws_spec *w, bool *present)
+{
+	memset(w, 0, sizeof(*w));
+	*present = false;
+	const msgpack_object *m = mpk_get(ctx->params, "workspace");
+	if (!m || m->type == MSGPACK_OBJECT_NIL)
+		return 0;
+	if (m->type != MSGPACK_OBJECT_MAP)
+		return step_fail(ctx, BG_ERR_INVAL, true,
+				 "'workspace' must be a mapping: {from: DIR, to: /workspace, "
+				 "exclude: [PATTERN, ...]}");
+	for (uint32_t i = 0; i < m->via.map.size; i++) {
+		const msgpack_object *k = &m->via.map.ptr[i].key;
+		if (k->type != MSGPACK_OBJECT_STR ||
+		    !(mpk_str_eq(k, "from") || mpk_str_eq(k, "to") || mpk_str_eq(k, "exclude")))
+			return step_fail(ctx, BG_ERR_INVAL, true,
+					 "'workspace' has an unknown key '%.*s' (it takes from, to "
+					 "and exclude)",
+					 k->type == MSGPACK_OBJECT_STR ? (int)k->via.str.size : 1,
+					 k->type == MSGPACK_OBJECT_STR ? k->via.str.ptr : "?");
+	}
+	int rc = 0;
+	char *from = obj_str(mpk_get(m, "from"));
+	const msgpack_object *to = mpk_get(m, "to"), *ex = mpk_get(m, "exclude");
+	const char *dir = NULL;
+	size_t dlen = 0;
+	mpk_get_str(ctx->params, SPEC_DIR_FIELD, &dir, &dlen);
+	if (!from || !*from) {
+		rc = step_fail(ctx, BG_ERR_INVAL, true,
+			       "'workspace' needs 'from': the host directory to bring in (relative "
+			       "to the spec's directory)");
+		goto fail;
+	}
+	if (from[0] == '/') {
+		w->from = from;
+	} else if (dir) {
+		w->from = xasprintf("%.*s/%s", (int)dlen, dir, from);
+		free(from);
+	} else {
+		rc = step_fail(ctx, BG_ERR_INVAL, true,
+			       "'workspace: from: %.200s' is relative, and this submission names no "
+			       "directory to resolve it against (submit a spec file, or give an "
+			       "absolute path)",
+			       from);
+		goto fail;
+	}
+	from = NULL;
+	w->to = to && to->type != MSGPACK_OBJECT_NIL ? obj_str(to) : xstrdup(WS_DEFAULT_TO);
+	const char *bad = w->to ? ws_to_bad(w->to) : "it is not a string";
+	if (bad) {
+		rc = step_fail(ctx, BG_ERR_INVAL, true, "'workspace: to: %.200s' is refused: %s",
+			       w->to ? w->to : "?", bad);
+		goto fail;
+	}
+	size_t n = !ex || ex->type == MSGPACK_OBJECT_NIL ? 0
+		   : ex->type == MSGPACK_OBJECT_ARRAY ? ex->via.array.size : 1;
+	if (n > WORKSPACE_MAX_EXCLUDES) {
+		rc = step_fail(ctx, BG_ERR_INVAL, true,
+			       "'workspace: exclude' has %zu patterns; at most %d", n,
+			       WORKSPACE_MAX_EXCLUDES);
+		goto fail;
+	}
+	w->exclude = xcalloc(n + 1, sizeof(*w->exclude));
+	for (size_t i = 0; i < n; i++) {
+		const msgpack_object *e = ex->type == MSGPACK_OBJECT_ARRAY ? &ex->via.array.ptr[i] : ex;
+		const char *why = NULL;
+		w->exclude[i] = obj_str(e);
+		if (!w->exclude[i]) {
+			rc = step_fail(ctx, BG_ERR_INVAL, true,
+				       "'workspace: exclude' entries must be patterns (strings)");
+			goto fail;
+		}
+		if (workspace_exclude_check(w->exclude[i], &why)) {
+			rc = step_fail(ctx, BG_ERR_INVAL, true,
+				       "'workspace: exclude' pattern '%.200s' is refused: %s",
+				       w->exclude[i], why);
+			goto fail;
+		}
+	}
+	*present = true;
+	return 0;
+fail:
+	free(from);
+	ws_spec_release(w);
+	return rc;
+}
+
 /* ---- vm.create: reserve ---------------------------------------------------------------- */
 
 struct used_addrs {
@@ -817,6 +965,12 @@ static int reserve_plan(struct step_ctx *ctx, msgpack_packer *undo)
 		free(h);
 		goto out;
 	}
+	/* a bad `workspace:` fails here, before anything is made */
+	struct ws_spec ws;
+	bool has_ws;
+	if ((rc = ws_parse(ctx, &ws, &has_ws)))
+		goto out;
+	ws_spec_release(&ws);
 	if (network && strcmp(network, "tap") != 0 && strcmp(network, "none") != 0) {
 		rc = step_fail(ctx, BG_ERR_INVAL, true,
 			       "network '%.64s' is not 'tap' (a NIC on banger's bridge, the default) "
@@ -1073,6 +1227,14 @@ static const msgpack_object *reserved(struct step_ctx *ctx)
 	return step_result(ctx, 1);
 }
 
+/* The workspace step's result ({image, to, ...}), or NULL when the VM has
+ * no workspace (its position in vm_create_steps). */
+static const msgpack_object *ws_made(struct step_ctx *ctx)
+{
+	const msgpack_object *r = step_result(ctx, 3);
+	return r && r->type == MSGPACK_OBJECT_MAP && mpk_get(r, "image") ? r : NULL;
+}
+
 static int disk_plan(struct step_ctx *ctx, msgpack_packer *undo)
 {
 	const msgpack_object *r = reserved(ctx);
@@ -1140,6 +1302,128 @@ static int disk_undo(struct step_ctx *ctx, const msgpack_object *rec)
 	free(overlay);
 	free(dir);
 	return rc;
+}
+
+/* ---- vm.create: workspace ------------------------------------------------------------------ */
+
+static char *ws_image_of(int64_t id)
+{
+	return xasprintf("%s/%lld/workspace.img", V.vms_state, (long long)id);
+}
+
+static int ws_plan(struct step_ctx *ctx, msgpack_packer *undo)
+{
+	struct ws_spec w;
+	bool present;
+	int rc = ws_parse(ctx, &w, &present);
+	if (rc)
+		return rc;
+	if (!present) {
+		msgpack_pack_nil(undo);
+		return 0;
+	}
+	char *img = ws_image_of(ctx->job_id), *tmp = xasprintf("%s.tmp", img);
+	msgpack_pack_map(undo, 2);
+	mpk_kv_str(undo, "image", img);
+	mpk_kv_str(undo, "tmp", tmp);
+	free(img);
+	free(tmp);
+	ws_spec_release(&w);
+	return 0;
+}
+
+static void ws_warn(void *arg, enum workspace_skip kind, const char *path, const char *why)
+{
+	step_warnf(arg, "workspace: '%s' %s", path, why);
+}
+
+static bool ws_cancelled(void *arg)
+{
+	return step_cancelled(arg);
+}
+
+static int ws_do(struct step_ctx *ctx)
+{
+	struct ws_spec w;
+	bool present;
+	int rc = ws_parse(ctx, &w, &present);
+	if (rc || !present)
+		return rc;
+	char *img = ws_image_of(ctx->job_id), *tmp = xasprintf("%s.tmp", img), *err = NULL;
+	char *from = realpath(w.from, NULL);
+	struct stat st;
+	if (!from || stat(from, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		int e = from ? ENOTDIR : errno;
+		rc = step_fail(ctx, e == ENOENT || e == ENOTDIR ? BG_ERR_NOENT : bg_errno(e), true,
+			       "workspace: '%s' is not a directory this daemon can read: %s", w.from,
+			       strerror(e));
+		goto out;
+	}
+	struct workspace_opts o = {
+		.exclude = (const char *const *)w.exclude,
+		.headroom_bytes = WORKSPACE_HEADROOM_BYTES,
+		.headroom_pct = WORKSPACE_HEADROOM_PCT,
+		.warn = ws_warn,
+		.cancelled = ws_cancelled,
+		.arg = ctx,
+	};
+	struct workspace_result r;
+	int64_t t0 = mono_us();
+	unlink(tmp); /* a crashed attempt's */
+	rc = workspace_build(from, &o, tmp, &r, &err);
+	if (rc == 0 && rename(tmp, img) < 0) {
+		rc = bg_errno(errno);
+		err = xasprintf("cannot rename '%s' to '%s': %s", tmp, img, strerror(errno));
+		unlink(tmp);
+	}
+	if (rc) {
+		rc = step_fail(ctx, rc, rc == BG_ERR_INVAL || rc == BG_ERR_NOENT || rc == BG_ERR_PERM,
+			       "workspace: %s", err ? err : bg_strerror(rc));
+		goto out;
+	}
+	int64_t ms = (mono_us() - t0) / 1000;
+	step_logf(ctx, "workspace: %s -> %s: %llu files, %llu dirs, %llu symlinks, %.1f MiB in "
+		  "%.2f s%s",
+		  from, w.to, (unsigned long long)r.files, (unsigned long long)r.dirs,
+		  (unsigned long long)r.symlinks, r.data_bytes / 1048576.0, ms / 1000.0,
+		  r.skipped ? " (some entries skipped: see the warnings)" : "");
+	msgpack_packer *pk = &ctx->result;
+	msgpack_pack_map(pk, 10);
+	mpk_kv_str(pk, "image", img);
+	mpk_kv_str(pk, "from", from);
+	mpk_kv_str(pk, "to", w.to);
+	mpk_kv_int(pk, "files", (int64_t)r.files);
+	mpk_kv_int(pk, "dirs", (int64_t)r.dirs);
+	mpk_kv_int(pk, "symlinks", (int64_t)r.symlinks);
+	mpk_kv_int(pk, "data_bytes", (int64_t)r.data_bytes);
+	mpk_kv_int(pk, "skipped", (int64_t)r.skipped);
+	mpk_kv_int(pk, "excluded", (int64_t)r.excluded);
+	mpk_kv_int(pk, "duration_ms", ms);
+out:
+	free(from);
+	free(err);
+	free(img);
+	free(tmp);
+	ws_spec_release(&w);
+	return rc;
+}
+
+static int ws_undo(struct step_ctx *ctx, const msgpack_object *rec)
+{
+	if (!rec || rec->type != MSGPACK_OBJECT_MAP)
+		return 0; /* no workspace */
+	const char *keys[] = {"tmp", "image"};
+	for (int i = 0; i < 2; i++) {
+		char *p = mpk_dup_str(rec, keys[i]);
+		if (p && unlink(p) < 0 && errno != ENOENT) {
+			int rc = step_fail(ctx, bg_errno(errno), false, "cannot remove '%s': %s", p,
+					   strerror(errno));
+			free(p);
+			return rc;
+		}
+		free(p);
+	}
+	return 0;
 }
 
 /* ---- vm.create: tap ------------------------------------------------------------------------ */
@@ -1242,6 +1526,7 @@ static int start_do(struct step_ctx *ctx)
 	char *vmlinuz = mpk_dup_str(r, "vmlinuz"), *initrd = mpk_dup_str(r, "initrd");
 	char *overlay = mpk_dup_str(r, "overlay"), *tap = mpk_dup_str(r, "tap");
 	char *address = mpk_dup_str(r, "address");
+	char *ws_image = ws_made(ctx) ? mpk_dup_str(ws_made(ctx), "image") : NULL;
 	char *ip = NULL, *append = NULL, *err = NULL, *mac = NULL;
 	struct qemu_vm *qv = NULL;
 	struct live *l = NULL;
@@ -1280,6 +1565,7 @@ static int start_do(struct step_ctx *ctx)
 		.initrd = initrd,
 		.rootfs = overlay,
 		.rootfs_format = "qcow2",
+		.extra_disk = ws_image,
 		.tap = tap,
 		.mac = tap ? mac : NULL,
 		.guest_ip = ip,
@@ -1313,6 +1599,7 @@ out:
 	free(overlay);
 	free(tap);
 	free(address);
+	free(ws_image);
 	free(ip);
 	free(append);
 	free(mac);
@@ -1384,11 +1671,30 @@ static int wait_do(struct step_ctx *ctx)
 	}
 	const struct agent_info *ai = agent_info(conn);
 	int64_t boot_ms = (mono_us() - t0) / 1000;
+	char *ws_to = ws_made(ctx) ? mpk_dup_str(ws_made(ctx), "to") : NULL;
+	bool ws = ws_to != NULL;
+	if (ws_to) {
+		/* BG_ERR_BUSY: mounted by this step before a crash */
+		rc = agent_mount(conn, "LABEL=" WORKSPACE_LABEL, ws_to, NULL, false, boot, &err);
+		if (rc && rc != BG_ERR_BUSY) {
+			rc = step_fail(ctx, rc, false, "cannot mount the workspace at '%s' in the "
+				       "guest: %s", ws_to, err ? err : bg_strerror(rc));
+			free(ws_to);
+			goto out;
+		}
+		rc = 0;
+		step_logf(ctx, "workspace mounted at %s", ws_to);
+		free(ws_to);
+	}
 	step_logf(ctx, "the guest's agent answered after %.2f s (guest uptime %lld ms, kernel %s)",
 		  boot_ms / 1000.0, (long long)ai->uptime_ms, ai->kernel);
 	msgpack_packer *pk = &ctx->result;
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 8 + ws);
 	mpk_kv_int(pk, "vm", id);
+	if (ws) {
+		mpk_pack_str(pk, "workspace");
+		pack_copy(pk, ws_made(ctx), "to");
+	}
 	mpk_pack_str(pk, "name");
 	pack_copy(pk, r, "name");
 	mpk_pack_str(pk, "address");
@@ -1569,13 +1875,6 @@ static int exec_env(struct step_ctx *ctx, char ***out)
 	return 0;
 }
 
-static void strv_free(char **v)
-{
-	for (size_t i = 0; v && v[i]; i++)
-		free(v[i]);
-	free(v);
-}
-
 /* Why a connection broke: the hypervisor's end, when it ended. */
 static char *gone_reason(struct live *l, int64_t vm, const char *name)
 {
@@ -1587,22 +1886,74 @@ static char *gone_reason(struct live *l, int64_t vm, const char *name)
 	return why;
 }
 
-static int exec_do(struct step_ctx *ctx)
+/* ---- using a running VM (vm.exec, and the workspace kinds through vm.h) ------------------ */
+
+int vm_use_plan(struct step_ctx *ctx)
 {
+	return vm_note(ctx, false);
+}
+
+int vm_use_open(struct step_ctx *ctx, struct vm_use *u)
+{
+	memset(u, 0, sizeof(*u));
 	struct note_buf note;
 	if (note_get(ctx, &note))
 		return no_note(ctx);
 	const msgpack_object *n = &note.u.data;
-	int64_t vm = 0;
-	mpk_get_int(n, "vm", &vm);
-	char *name = mpk_dup_str(n, "name"), *run_dir = mpk_dup_str(n, "run_dir");
+	mpk_get_int(n, "vm", &u->vm);
+	u->name = mpk_dup_str(n, "name");
+	char *run_dir = mpk_dup_str(n, "run_dir"), *err = NULL;
+	note_done(&note);
+	int rc = live_find(u->vm, run_dir, &u->l, &err);
+	if (rc) {
+		rc = step_fail(ctx, BG_ERR_CLOSED, true, "vm '%s' is not running: %s", u->name,
+			       err ? err : bg_strerror(rc));
+		post_state(u->vm, VS_STOPPED, "its hypervisor was not running", 0);
+	} else if ((rc = live_conn(u->l, CONNECT_TIMEOUT_US, &u->conn, &err))) {
+		char *why = gone_reason(u->l, u->vm, u->name);
+		rc = step_fail(ctx, rc, why != NULL, "cannot reach the agent of vm '%s': %s", u->name,
+			       why ? why : err ? err : bg_strerror(rc));
+		free(why);
+	}
+	free(err);
+	free(run_dir);
+	return rc;
+}
+
+int vm_use_broke(struct step_ctx *ctx, struct vm_use *u, int rc, const char *what,
+		 const char *err)
+{
+	if (rc != BG_ERR_CLOSED && rc != BG_ERR_PROTO)
+		return rc;
+	char *why = u->l ? gone_reason(u->l, u->vm, u->name) : NULL;
+	rc = step_fail(ctx, rc, true, "%s while %s ran%s%s",
+		       why ? why : "the connection to the guest's agent broke", what,
+		       why || !err ? "" : ": ", why || !err ? "" : err);
+	free(why);
+	return rc;
+}
+
+void vm_use_close(struct vm_use *u)
+{
+	live_put(u->l);
+	free(u->name);
+	memset(u, 0, sizeof(*u));
+}
+
+static int exec_do(struct step_ctx *ctx)
+{
+	struct vm_use u;
 	char *shell = mpk_dup_str(ctx->params, "run"), *cwd = mpk_dup_str(ctx->params, "cwd");
 	char **argv = NULL, **env = NULL, *err = NULL;
-	struct live *l = NULL;
-	struct agent_conn *conn = NULL;
 	struct agent_exec *ex = NULL;
+	const char *stdin_data = NULL;
+	size_t stdin_len = 0;
+	bool has_stdin = mpk_get_str(ctx->params, "stdin", &stdin_data, &stdin_len) == 0;
 	int rc;
 
+	if ((rc = vm_use_open(ctx, &u)))
+		goto out;
+	const char *name = u.name;
 	if ((rc = exec_env(ctx, &env)))
 		goto out;
 	const msgpack_object *av = mpk_get(ctx->params, "argv");
@@ -1617,28 +1968,27 @@ static int exec_do(struct step_ctx *ctx)
 			argv[i] = xstrndup(a->via.str.ptr, a->via.str.size);
 		}
 	}
-	if ((rc = live_find(vm, run_dir, &l, &err))) {
-		rc = step_fail(ctx, BG_ERR_CLOSED, true, "vm '%s' is not running: %s", name,
-			       err ? err : bg_strerror(rc));
-		post_state(vm, VS_STOPPED, "its hypervisor was not running", 0);
-		goto out;
-	}
-	if ((rc = live_conn(l, CONNECT_TIMEOUT_US, &conn, &err))) {
-		char *why = gone_reason(l, vm, name);
-		rc = step_fail(ctx, rc, why != NULL, "cannot reach the agent of vm '%s': %s", name,
-			       why ? why : err ? err : bg_strerror(rc));
-		free(why);
-		goto out;
-	}
 	struct agent_exec_req req = {
 		.argv = (const char *const *)argv,
 		.shell = argv ? NULL : shell,
 		.env = (const char *const *)env,
 		.cwd = cwd,
+		.stdin_pipe = has_stdin,
 	};
-	if ((rc = agent_exec_start(conn, &req, &ex, &err))) {
+	if ((rc = agent_exec_start(u.conn, &req, &ex, &err))) {
 		rc = step_fail(ctx, rc, false, "cannot start the command in vm '%s': %s", name,
 			       err ? err : bg_strerror(rc));
+		goto out;
+	}
+	/* stdin: the spec's text, then end of file (the agent holds up to
+	 * AP_STDIN_BUFFER_MAX of it while the command does not read) */
+	if (has_stdin && ((stdin_len && (rc = agent_exec_stdin(ex, stdin_data, stdin_len))) ||
+			  (rc = agent_exec_stdin(ex, NULL, 0)))) {
+		if (rc == BG_ERR_CLOSED || rc == BG_ERR_PROTO)
+			rc = vm_use_broke(ctx, &u, rc, "the command's input was sent", NULL);
+		else
+			rc = step_fail(ctx, rc, false, "cannot send the command's input: %s",
+				       bg_strerror(rc));
 		goto out;
 	}
 	struct exec_out eo = {.ctx = ctx};
@@ -1655,11 +2005,7 @@ static int exec_do(struct step_ctx *ctx)
 		goto out;
 	}
 	if (rc == BG_ERR_CLOSED || rc == BG_ERR_PROTO) {
-		char *why = gone_reason(l, vm, name);
-		rc = step_fail(ctx, rc, true, "%s while the command ran%s%s",
-			       why ? why : "the connection to the guest's agent broke",
-			       why || !err ? "" : ": ", why || !err ? "" : err);
-		free(why);
+		rc = vm_use_broke(ctx, &u, rc, "the command", err);
 		goto out;
 	}
 	if (rc) {
@@ -1682,15 +2028,12 @@ static int exec_do(struct step_ctx *ctx)
 out:
 	if (ex)
 		agent_exec_destroy(ex);
-	live_put(l);
+	vm_use_close(&u);
 	strv_free(argv);
 	strv_free(env);
 	free(err);
-	free(name);
-	free(run_dir);
 	free(shell);
 	free(cwd);
-	note_done(&note);
 	return rc;
 }
 
@@ -1895,6 +2238,7 @@ static const struct kind_field vm_create_fields[] = {
 	{"vm_name", FT_STR, false},
 	{"network", FT_STR, false},
 	{"boot_timeout", FT_DURATION, false},
+	{"workspace", FT_ANY, false},
 	{NULL},
 };
 
@@ -1902,6 +2246,7 @@ static const struct step_def vm_create_steps[] = {
 	{.name = "reserve", .plan = reserve_plan, .do_ = reserve_do, .undo = reserve_undo,
 	 .resumable = true, .record = reserve_record},
 	{.name = "disk", .plan = disk_plan, .do_ = disk_do, .undo = disk_undo, .resumable = true},
+	{.name = "workspace", .plan = ws_plan, .do_ = ws_do, .undo = ws_undo, .resumable = true},
 	{.name = "tap", .plan = tap_plan, .do_ = tap_do, .undo = tap_undo, .resumable = true},
 	{.name = "start", .plan = start_plan, .do_ = start_do, .undo = start_undo,
 	 .resumable = true},
@@ -1915,6 +2260,7 @@ const struct kind kind_vm_create = {
 	.steps = vm_create_steps,
 	.nsteps = ARRAY_LEN(vm_create_steps),
 	.retry_interrupted = true,
+	.wants_dir = true,
 };
 
 static const struct kind_field vm_exec_fields[] = {
@@ -1923,6 +2269,7 @@ static const struct kind_field vm_exec_fields[] = {
 	{"argv", FT_STRLIST, false},
 	{"env", FT_ANY, false},
 	{"cwd", FT_STR, false},
+	{"stdin", FT_STR, false},
 	{NULL},
 };
 
@@ -1990,6 +2337,8 @@ int vms_init(uv_loop_t *loop, struct queue *q, const struct bg_config *cfg, cons
 	V.agent_path = cfg->agent_path ? xstrdup(cfg->agent_path) : exe_dir_file("banger-agent");
 	V.bridge = xstrdup(cfg->bridge ? cfg->bridge : "bgbr0");
 	V.probe_cache = xasprintf("%s/kvm-probe", cfg->runtime_dir);
+	V.max_export_bytes = cfg->max_export_bytes;
+	V.artifacts_dir = cfg->artifacts_dir ? xstrdup(cfg->artifacts_dir) : NULL;
 	V.prefix = cfg->net_prefix;
 	V.mask = cfg->net_prefix ? ~0u << (32 - cfg->net_prefix) : 0;
 	V.net = cfg->net_addr & V.mask;
@@ -2014,6 +2363,16 @@ const char *vms_helper_socket(void)
 const char *vms_probe_cache(void)
 {
 	return V.probe_cache;
+}
+
+int64_t vms_max_export_bytes(void)
+{
+	return V.max_export_bytes;
+}
+
+const char *vms_artifacts_dir(void)
+{
+	return V.artifacts_dir;
 }
 
 /* ---- recovery ------------------------------------------------------------------------------------------ */

@@ -64,4 +64,40 @@ const char *vms_probe_cache(void);
  * or ending with '-'. */
 bool vm_name_ok(const char *name);
 
+/*
+ * For other kinds whose step works inside a running VM (workspace.export,
+ * workspace.import): the same `vm:` resolution, refusals and connection
+ * handling vm.exec has.
+ *
+ *   plan (loop thread):   return vm_use_plan(ctx);  (fails the step when
+ *                         `vm:` names no running VM)
+ *   do (pool thread):     struct vm_use u;
+ *                         if ((rc = vm_use_open(ctx, &u))) return rc;
+ *                         ... agent requests on u.conn ...
+ *                         rc = vm_use_broke(ctx, &u, rc, err);  (for CLOSED/PROTO)
+ *                         vm_use_close(&u);
+ */
+struct step_ctx;
+struct agent_conn;
+struct vm_use {
+	int64_t vm;
+	char *name;
+	struct agent_conn *conn;
+	struct live *l; /* kind_vm.c's */
+};
+int vm_use_plan(struct step_ctx *ctx);
+/* The VM's agent connection (connecting, bounded); a step failure naming
+ * the VM otherwise.  u is always safe to vm_use_close. */
+int vm_use_open(struct step_ctx *ctx, struct vm_use *u);
+/* rc was BG_ERR_CLOSED/BG_ERR_PROTO: fail the step saying why (the
+ * hypervisor exited, recorded stopped; or the link broke), with what as
+ * the action ("the export").  Other rc: returned as it is. */
+int vm_use_broke(struct step_ctx *ctx, struct vm_use *u, int rc, const char *what,
+		 const char *err);
+void vm_use_close(struct vm_use *u);
+
+/* What vms_init read from the configuration for workspace.export. */
+int64_t vms_max_export_bytes(void);
+const char *vms_artifacts_dir(void);
+
 #endif

@@ -235,3 +235,52 @@ vj_nothing_left() {
 vj_last_job() {
 	b job list --json | jq '[.jobs[].id] | max'
 }
+
+# crash bangerd at each failpoint in the list, then restart it: the job must
+# end succeeded (then a delete leaves nothing) or with nothing left at all
+vj_crash_each() {
+	kind=$1
+	shift
+	for fp in "$@"; do
+		vj_reset_daemon_state
+		case "$kind" in
+		create)
+			vj_start "BANGER_FAILPOINTS=$fp=crash${VJ_EXTRA_FP:+;$VJ_EXTRA_FP}"
+			spec c.yaml <<EOF
+jobs:
+  box: { kind: vm.create, image: $REG_ADDR/ci/busybox:1, vm_name: box, boot_timeout: $VJ_BOOT${VJ_SPEC_EXTRA:-} }
+EOF
+			job=$(b job submit "$T/c.yaml" --json | jq '.jobs[0].id')
+			;;
+		delete)
+			vj_start
+			vj_create box
+			vj_restart_with "BANGER_FAILPOINTS=$fp=crash"
+			spec d.yaml <<EOF
+jobs:
+  rm: { kind: vm.delete, vm: box }
+EOF
+			job=$(b job submit "$T/d.yaml" --json | jq '.jobs[0].id')
+			;;
+		esac
+		[ -n "$job" ] && [ "$job" != null ] || fail "submit ($fp)"
+		vj_wait_crash "$fp"
+		vj_start
+		s=$(WAIT=150 wait_final "$job")
+		case "$kind/$s" in
+		create/succeeded)
+			expect_eq "$(b vm exec box -- echo alive)" alive "vm after a crash at $fp"
+			vj_delete box
+			;;
+		create/*)
+			expect_eq "$(b vm list --all --json | jq -r '[.vms[] | select(.created_by == '"$job"')][0].state')" \
+				deleted "the row of a vm whose create rolled back ($fp)"
+			;;
+		delete/succeeded) ;;
+		*) fail "$fp: the job ended $s: $(jfield "$job" error)" ;;
+		esac
+		vj_nothing_left "after a crash at $fp (job $s)"
+		echo "    $fp: $s, nothing left"
+		stop_daemon
+	done
+}
