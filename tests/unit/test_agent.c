@@ -92,7 +92,7 @@ TEST(agent_proto_header_checks)
 	CHECK_EQ_INT(ap_hdr_parse(h, &hd, &why), BG_ERR_PROTO);
 	CHECK_STR_CONTAINS(why, "magic");
 	ap_hdr_pack(h, AP_T_EXEC, 1, 0);
-	h[2] = AP_VERSION + 1;
+	h[2] = AP_WIRE_VERSION + 1;
 	CHECK_EQ_INT(ap_hdr_parse(h, &hd, &why), BG_ERR_PROTO);
 	CHECK_STR_CONTAINS(why, "version");
 }
