@@ -22,7 +22,11 @@
  * its pipes are drained, so it always follows all of its output; output a
  * background grandchild writes after the command itself exited is dropped.
  * When the host goes away (or resyncs) the commands it started are killed:
- * nobody could collect their output or status any more.
+ * nobody could collect their output or status any more.  An IMPORT is the
+ * one place the loop blocks on purpose: each DATA frame is written to its
+ * file before the next frame is parsed (a regular file's write), which is
+ * how a slow guest disk backs pressure into the host; input is parsed at
+ * most RX_BUDGET bytes per turn so the other sessions keep their turns.
  */
 #include <dirent.h>
 #include <errno.h>
