@@ -22,7 +22,11 @@
  * its pipes are drained, so it always follows all of its output; output a
  * background grandchild writes after the command itself exited is dropped.
  * When the host goes away (or resyncs) the commands it started are killed:
- * nobody could collect their output or status any more.
+ * nobody could collect their output or status any more.  An IMPORT is the
+ * one place the loop blocks on purpose: each DATA frame is written to its
+ * file before the next frame is parsed (a regular file's write), which is
+ * how a slow guest disk backs pressure into the host; input is parsed at
+ * most RX_BUDGET bytes per turn so the other sessions keep their turns.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -49,14 +53,16 @@
 #include "err.h"
 #include "init.h"
 
-#define AGENT_NAME "banger-agent 2"
+#define AGENT_NAME "banger-agent 3"
 #define TX_HIGH (1u << 20)
 #define RX_MAX (AP_HDR_LEN + AP_MAX_PAYLOAD + AP_SYNC_LEN)
 #define PORT_RECHECK_MS 25
+#define RX_BUDGET (8u << 20) /* input parsed per turn of the loop (an import's data) */
 
 enum sess_kind { S_PORT, S_STREAM };
 
 struct xport;
+struct import;
 
 struct session {
 	struct session *next;
@@ -237,6 +243,9 @@ static void exec_orphan(struct exec *e)
 static void session_lost(struct session *s);
 
 static void session_drop_xports(struct session *s);
+static void session_drop_imports(struct session *s);
+static struct import *imp_find(struct session *s, uint32_t id);
+static void imp_signal(struct import *x);
 
 static void session_orphan_execs(struct session *s)
 {
@@ -244,6 +253,7 @@ static void session_orphan_execs(struct session *s)
 		if (e->s == s)
 			exec_orphan(e);
 	session_drop_xports(s);
+	session_drop_imports(s);
 }
 
 /* Read one chunk of a command's output pipe; frame it unless orphaned.
@@ -561,6 +571,11 @@ static void exec_signal(struct session *s, uint32_t id, const unsigned char *p, 
 	struct xport *x = xport_find(s, id);
 	if (x) {
 		xport_signal(x);
+		return;
+	}
+	struct import *im = imp_find(s, id);
+	if (im) {
+		imp_signal(im);
 		return;
 	}
 	struct exec *e = exec_find(s, id);
@@ -1130,6 +1145,630 @@ static bool xport_done(const struct xport *x)
 	return x->done;
 }
 
+/* ---- imports (IMPORT: a tree from the host into a guest directory) ----
+ *
+ * The reverse of an export, driven by the host's frames: IMPORT opens (or
+ * creates) the destination, then each ENTRY creates one thing and each
+ * DATA frame is written straight to the file being imported before the
+ * next frame is parsed, so an import holds one frame in memory whatever
+ * its size, and a slow disk slows the host down (the agent does not read
+ * the link while a write blocks).  The agent never writes outside the
+ * destination: every path is checked clean and relative by the codec, and
+ * each directory on the way is opened from its parent's descriptor with
+ * O_NOFOLLOW | O_DIRECTORY, so a symlink already in the guest tree is
+ * never followed (the import fails naming it).  Files, symlinks and
+ * hardlinks are made under a temporary name in their directory and
+ * renamed over the final name: an existing file is replaced only by a
+ * complete one, and a failed or cancelled import, or a host that goes
+ * away, leaves no temporary (what was renamed into place before stays).
+ * Directory modes and mtimes are applied at END (their contents change
+ * their mtime while the import runs).  The first failure answers ERROR
+ * naming the path and ends the import; the frames the host sent after it
+ * are dropped (their id is no longer known).
+ */
+
+struct idir {
+	char *path;
+	uint32_t mode, uid, gid;
+	int64_t mtime;
+	uint32_t mtime_ns;
+};
+
+struct iino {
+	dev_t dev;
+	ino_t ino;
+	bool used;
+};
+
+struct import {
+	struct import *next;
+	struct session *s;
+	uint32_t id;
+	char *dest;          /* as the host named it, for messages */
+	int root_fd;
+	bool single_mode;    /* TYPE=reg: one file */
+	char *single;        /* single file onto this name in root_fd (not a directory) */
+	char ppath[AP_MAX_PATH + 1]; /* the last parent directory resolved ... */
+	int pfd;                     /* ... and its descriptor */
+	int file_fd, file_dir;       /* the file being written, a dup of its directory */
+	char tmp[64];
+	struct ap_entry fe;          /* its entry */
+	char *file_name;
+	uint64_t left;
+	unsigned seq;
+	struct idir *dirs;
+	size_t ndirs, dcap;
+	struct iino *inos;           /* files written, for hardlinks */
+	size_t icount, icap;
+	uint64_t entries, bytes;
+};
+
+static struct import *imports;
+
+static struct import *imp_find(struct session *s, uint32_t id)
+{
+	for (struct import *x = imports; x; x = x->next)
+		if (x->s == s && x->id == id)
+			return x;
+	return NULL;
+}
+
+/* Unlink, close and free x; removes the file being written (if any). */
+static void imp_destroy(struct import *x)
+{
+	for (struct import **px = &imports; *px; px = &(*px)->next) {
+		if (*px == x) {
+			*px = x->next;
+			break;
+		}
+	}
+	if (x->file_fd >= 0) {
+		close_fd(&x->file_fd);
+		unlinkat(x->file_dir, x->tmp, 0);
+	}
+	close_fd(&x->file_dir);
+	close_fd(&x->pfd);
+	close_fd(&x->root_fd);
+	ap_entry_release(&x->fe);
+	for (size_t i = 0; i < x->ndirs; i++)
+		free(x->dirs[i].path);
+	free(x->dirs);
+	free(x->inos);
+	free(x->file_name);
+	free(x->single);
+	free(x->dest);
+	free(x);
+}
+
+static void imp_fail(struct import *x, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void imp_fail(struct import *x, int code, const char *fmt, ...)
+{
+	char msg[480];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	send_error(x->s, x->id, AP_T_IMPORT, code, "%s", msg);
+	imp_destroy(x);
+}
+
+static void session_drop_imports(struct session *s)
+{
+	for (struct import *x = imports, *n; x; x = n) {
+		n = x->next;
+		if (x->s == s)
+			imp_destroy(x);
+	}
+}
+
+/* uid/gid as the host sent them; the agent in test mode is not root and
+ * keeps its own where the kernel refuses. */
+static bool imp_chown_ok(int r)
+{
+	return r == 0 || (errno == EPERM && geteuid() != 0);
+}
+
+static bool imp_ino_known(const struct import *x, dev_t dev, ino_t ino)
+{
+	if (!x->icap)
+		return false;
+	size_t k = (size_t)(ino * 2654435761u) & (x->icap - 1);
+	for (; x->inos[k].used; k = (k + 1) & (x->icap - 1))
+		if (x->inos[k].dev == dev && x->inos[k].ino == ino)
+			return true;
+	return false;
+}
+
+static void imp_ino_add(struct import *x, dev_t dev, ino_t ino)
+{
+	if ((x->icount + 1) * 2 > x->icap) {
+		size_t ncap = x->icap ? x->icap * 2 : 256;
+		struct iino *n = calloc(ncap, sizeof(*n));
+		if (!n)
+			return; /* a later hardlink to it fails with a clear message */
+		for (size_t i = 0; i < x->icap; i++) {
+			if (!x->inos[i].used)
+				continue;
+			size_t k = (size_t)(x->inos[i].ino * 2654435761u) & (ncap - 1);
+			while (n[k].used)
+				k = (k + 1) & (ncap - 1);
+			n[k] = x->inos[i];
+		}
+		free(x->inos);
+		x->inos = n;
+		x->icap = ncap;
+	}
+	if (imp_ino_known(x, dev, ino))
+		return;
+	size_t k = (size_t)(ino * 2654435761u) & (x->icap - 1);
+	while (x->inos[k].used)
+		k = (k + 1) & (x->icap - 1);
+	x->inos[k] = (struct iino){dev, ino, true};
+	x->icount++;
+}
+
+/*
+ * The directory that holds path (relative to the destination), opened
+ * component by component from the destination with O_NOFOLLOW, and the
+ * last component in *name.  Returns a descriptor x keeps (do not close),
+ * or -errno with a message in why.
+ */
+static int imp_parent(struct import *x, const char *path, const char **name, char *why,
+		      size_t wl)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash) {
+		*name = path;
+		return x->root_fd;
+	}
+	size_t plen = (size_t)(slash - path);
+	*name = slash + 1;
+	if (x->pfd >= 0 && strlen(x->ppath) == plen && !memcmp(x->ppath, path, plen))
+		return x->pfd;
+	close_fd(&x->pfd);
+	int fd = dup(x->root_fd);
+	if (fd < 0) {
+		int e = errno;
+		snprintf(why, wl, "'%s' in '%s': %s", path, x->dest, strerror(e));
+		return -e;
+	}
+	size_t off = 0;
+	while (off < plen) {
+		char comp[256];
+		size_t cl = strcspn(path + off, "/");
+		if (cl > plen - off)
+			cl = plen - off;
+		memcpy(comp, path + off, cl); /* the codec allows 255 bytes per component */
+		comp[cl] = 0;
+		int nfd = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (nfd < 0) {
+			int e = errno;
+			struct stat st;
+			int pl = (int)(off + cl);
+			if (fstatat(fd, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+				snprintf(why, wl, "'%.*s' in '%s' is a symlink in the guest; refused "
+					 "(an import never follows a symlink)", pl, path, x->dest);
+				e = ELOOP;
+			} else if (e == ENOENT) {
+				snprintf(why, wl, "'%.*s' in '%s' does not exist in the guest (the host "
+					 "sends a directory before its contents)", pl, path, x->dest);
+			} else if (e == ENOTDIR) {
+				snprintf(why, wl, "'%.*s' in '%s' is not a directory in the guest", pl,
+					 path, x->dest);
+			} else {
+				snprintf(why, wl, "cannot open '%.*s' in '%s': %s", pl, path, x->dest,
+					 strerror(e));
+			}
+			close(fd);
+			return -e;
+		}
+		close(fd);
+		fd = nfd;
+		off += cl + 1;
+	}
+	memcpy(x->ppath, path, plen);
+	x->ppath[plen] = 0;
+	x->pfd = fd;
+	return fd;
+}
+
+/* The next temporary name (x->tmp): ".banger-import.ID.SEQ", short
+ * enough for any directory; the caller creates it O_EXCL or with a call
+ * that fails on EEXIST. */
+static void imp_tmpname(struct import *x)
+{
+	x->seq++;
+	snprintf(x->tmp, sizeof(x->tmp), ".banger-import.%u.%u", x->id, x->seq);
+}
+
+/* Rename the temporary over name; false (x failed and destroyed) on error. */
+static bool imp_rename(struct import *x, int dfd, const char *name, const char *path)
+{
+	if (renameat(dfd, x->tmp, dfd, name) < 0) {
+		int e = errno;
+		unlinkat(dfd, x->tmp, 0);
+		if (e == EISDIR || e == ENOTEMPTY || e == EEXIST)
+			imp_fail(x, e, "'%s' in '%s' is a directory in the guest; refused to replace "
+				 "it", path, x->dest);
+		else
+			imp_fail(x, e, "cannot rename '%s' into place in '%s': %s", path, x->dest,
+				 strerror(e));
+		return false;
+	}
+	/* renaming a hardlink over another name of the same file does nothing */
+	unlinkat(dfd, x->tmp, 0);
+	return true;
+}
+
+static void imp_file_done(struct import *x)
+{
+	const struct ap_entry *e = &x->fe;
+	const char *path = e->path;
+	struct timespec ts[2] = {{0, UTIME_OMIT}, {(time_t)e->mtime, (long)e->mtime_ns}};
+	struct stat st;
+	const char *what = "set the owner of";
+	int r = fchown(x->file_fd, e->uid, e->gid);
+	if (imp_chown_ok(r)) {
+		what = "set the mode of";
+		r = fchmod(x->file_fd, e->mode); /* after chown, which clears setuid */
+		if (r == 0) {
+			what = "set the mtime of";
+			r = futimens(x->file_fd, ts);
+		}
+		if (r == 0) {
+			what = "stat";
+			r = fstat(x->file_fd, &st);
+		}
+	}
+	if (r < 0) {
+		imp_fail(x, errno, "cannot %s '%s' in '%s': %s", what, path, x->dest,
+			 strerror(errno));
+		return;
+	}
+	imp_ino_add(x, st.st_dev, st.st_ino);
+	close_fd(&x->file_fd);
+	if (!imp_rename(x, x->file_dir, x->file_name, path))
+		return;
+	close_fd(&x->file_dir);
+	free(x->file_name);
+	x->file_name = NULL;
+	ap_entry_release(&x->fe);
+}
+
+static void imp_entry(struct import *x, const unsigned char *p, size_t len)
+{
+	struct ap_entry e;
+	const char *why;
+	char msg[480];
+	if (x->file_fd >= 0) {
+		imp_fail(x, EPROTO, "an entry came before the data of '%s' was complete",
+			 x->fe.path);
+		return;
+	}
+	if (ap_entry_decode(p, len, &e, &why) < 0) {
+		imp_fail(x, EPROTO, "bad entry from the host: %s", why);
+		return;
+	}
+	x->entries++;
+	if (x->single_mode && (e.type != AP_E_REG || x->entries > 1 || strchr(e.path, '/'))) {
+		imp_fail(x, EPROTO, "a single-file import carries exactly one file entry with a "
+			 "plain name");
+		ap_entry_release(&e);
+		return;
+	}
+	const char *name;
+	int dfd = x->single ? x->root_fd : imp_parent(x, e.path, &name, msg, sizeof(msg));
+	if (x->single)
+		name = x->single;
+	if (dfd < 0) {
+		imp_fail(x, -dfd, "%s", msg);
+		ap_entry_release(&e);
+		return;
+	}
+	struct timespec ts[2] = {{0, UTIME_OMIT}, {(time_t)e.mtime, (long)e.mtime_ns}};
+	switch (e.type) {
+	case AP_E_DIR: {
+		if (mkdirat(dfd, name, 0700) < 0) {
+			int err = errno;
+			struct stat st;
+			if (err != EEXIST || fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+				imp_fail(x, err, "cannot create the directory '%s' in '%s': %s", e.path,
+					 x->dest, strerror(err));
+				break;
+			}
+			if (S_ISLNK(st.st_mode)) {
+				imp_fail(x, ELOOP, "'%s' in '%s' is a symlink in the guest; refused (an "
+					 "import never follows a symlink)", e.path, x->dest);
+				break;
+			}
+			if (!S_ISDIR(st.st_mode)) {
+				imp_fail(x, ENOTDIR, "'%s' in '%s' exists in the guest and is not a "
+					 "directory", e.path, x->dest);
+				break;
+			}
+		}
+		if (x->ndirs == x->dcap) {
+			size_t ncap = x->dcap ? x->dcap * 2 : 64;
+			struct idir *nd = realloc(x->dirs, ncap * sizeof(*nd));
+			if (!nd) {
+				imp_fail(x, ENOMEM, "out of memory");
+				break;
+			}
+			x->dirs = nd;
+			x->dcap = ncap;
+		}
+		x->dirs[x->ndirs++] = (struct idir){e.path, e.mode, e.uid, e.gid, e.mtime, e.mtime_ns};
+		e.path = NULL; /* kept in dirs */
+		break;
+	}
+	case AP_E_REG: {
+		int fd = -1;
+		for (int tries = 0; fd < 0 && tries < 100; tries++) {
+			imp_tmpname(x);
+			fd = openat(dfd, x->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+				    0600);
+			if (fd < 0 && errno != EEXIST)
+				break;
+		}
+		int dup_fd = fd >= 0 ? dup(dfd) : -1;
+		x->file_name = strdup(name);
+		if (fd < 0 || dup_fd < 0 || !x->file_name) {
+			int err = fd < 0 || dup_fd < 0 ? errno : ENOMEM;
+			if (fd >= 0) {
+				close(fd);
+				unlinkat(dfd, x->tmp, 0);
+			}
+			if (dup_fd >= 0)
+				close(dup_fd);
+			imp_fail(x, err, "cannot create '%s' in '%s': %s", e.path, x->dest,
+				 strerror(err));
+			break;
+		}
+		x->file_fd = fd;
+		x->file_dir = dup_fd;
+		x->left = e.size;
+		x->fe = e;
+		memset(&e, 0, sizeof(e)); /* owned by x->fe now */
+		if (!x->left)
+			imp_file_done(x);
+		break;
+	}
+	case AP_E_SYMLINK: {
+		imp_tmpname(x);
+		int r = symlinkat(e.link, dfd, x->tmp);
+		const char *what = "create the symlink";
+		if (r == 0) {
+			what = "set the owner of the symlink";
+			r = fchownat(dfd, x->tmp, e.uid, e.gid, AT_SYMLINK_NOFOLLOW);
+			if (imp_chown_ok(r)) {
+				what = "set the mtime of the symlink";
+				r = utimensat(dfd, x->tmp, ts, AT_SYMLINK_NOFOLLOW);
+			}
+			if (r < 0) {
+				int err = errno;
+				unlinkat(dfd, x->tmp, 0);
+				errno = err;
+			}
+		}
+		if (r < 0) {
+			imp_fail(x, errno, "cannot %s '%s' in '%s': %s", what, e.path, x->dest,
+				 strerror(errno));
+			break;
+		}
+		imp_rename(x, dfd, name, e.path);
+		break;
+	}
+	case AP_E_HARDLINK: {
+		/* the earlier file: looked up the same way, never through a symlink */
+		const char *sname;
+		int sfd = imp_parent(x, e.link, &sname, msg, sizeof(msg));
+		if (sfd < 0) {
+			imp_fail(x, -sfd, "hardlink '%s': %s", e.path, msg);
+			break;
+		}
+		struct stat st;
+		int keep = dup(sfd);
+		if (keep < 0 || fstatat(keep, sname, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode) || !imp_ino_known(x, st.st_dev, st.st_ino)) {
+			if (keep >= 0)
+				close(keep);
+			imp_fail(x, EINVAL, "hardlink '%s' in '%s' names '%s', which is not a file "
+				 "this import wrote", e.path, x->dest, e.link);
+			break;
+		}
+		dfd = imp_parent(x, e.path, &name, msg, sizeof(msg));
+		if (dfd < 0) {
+			close(keep);
+			imp_fail(x, -dfd, "%s", msg);
+			break;
+		}
+		imp_tmpname(x);
+		if (linkat(keep, sname, dfd, x->tmp, 0) < 0) {
+			int err = errno;
+			close(keep);
+			imp_fail(x, err, "cannot link '%s' to '%s' in '%s': %s", e.path, e.link,
+				 x->dest, strerror(err));
+			break;
+		}
+		close(keep);
+		imp_rename(x, dfd, name, e.path);
+		break;
+	}
+	}
+	ap_entry_release(&e);
+}
+
+static void imp_data(struct import *x, const unsigned char *p, size_t len)
+{
+	if (x->file_fd < 0 || len > x->left) {
+		imp_fail(x, EPROTO, "file data beyond the size its entry gave");
+		return;
+	}
+	size_t off = 0;
+	while (off < len) {
+		ssize_t n = write(x->file_fd, p + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int e = n < 0 ? errno : ENOSPC;
+			imp_fail(x, e, "writing '%s' in '%s': %s", x->fe.path, x->dest, strerror(e));
+			return;
+		}
+		off += (size_t)n;
+	}
+	x->left -= len;
+	x->bytes += len;
+	if (!x->left)
+		imp_file_done(x);
+}
+
+static void imp_end(struct import *x, const unsigned char *p, size_t len)
+{
+	int64_t n = -1, bytes = -1;
+	char msg[480];
+	if (x->file_fd >= 0) {
+		imp_fail(x, EPROTO, "the import ended before the data of '%s' was complete",
+			 x->fe.path);
+		return;
+	}
+	ap_get_int(p, len, AP_F_COUNT, &n);
+	ap_get_int(p, len, AP_F_BYTES, &bytes);
+	if (n != (int64_t)x->entries || bytes != (int64_t)x->bytes) {
+		imp_fail(x, EPROTO, "the host's end of the import (%lld entries, %lld bytes) does "
+			 "not match what arrived (%llu, %llu)", (long long)n, (long long)bytes,
+			 (unsigned long long)x->entries, (unsigned long long)x->bytes);
+		return;
+	}
+	/* directories last, deepest first: their contents changed their mtimes */
+	for (size_t i = x->ndirs; i-- > 0;) {
+		const struct idir *d = &x->dirs[i];
+		const char *name;
+		int pfd = imp_parent(x, d->path, &name, msg, sizeof(msg));
+		if (pfd < 0) {
+			imp_fail(x, -pfd, "%s", msg);
+			return;
+		}
+		int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		struct timespec ts[2] = {{0, UTIME_OMIT}, {(time_t)d->mtime, (long)d->mtime_ns}};
+		int r = fd < 0 ? -1 : fchown(fd, d->uid, d->gid);
+		if (fd >= 0 && imp_chown_ok(r))
+			r = fchmod(fd, d->mode) < 0 || futimens(fd, ts) < 0 ? -1 : 0;
+		if (r < 0) {
+			int e = errno;
+			if (fd >= 0)
+				close(fd);
+			imp_fail(x, e, "cannot set the mode, owner or mtime of the directory '%s' in "
+				 "'%s': %s", d->path, x->dest, strerror(e));
+			return;
+		}
+		close(fd);
+	}
+	syncfs(x->root_fd);
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_OK, x->id);
+	ap_put_int(&b, AP_F_REQ, AP_T_IMPORT);
+	ap_put_int(&b, AP_F_COUNT, (int64_t)x->entries);
+	ap_put_int(&b, AP_F_BYTES, (int64_t)x->bytes);
+	tx_buf(x->s, &b);
+	imp_destroy(x);
+}
+
+/* SIGNAL to the id: the host cancels (its cancel callback, a timeout). */
+static void imp_signal(struct import *x)
+{
+	imp_fail(x, ECANCELED, "the import into '%s' was cancelled by the host", x->dest);
+}
+
+/* ENTRY, DATA or END from the host.  Frames of an id that is not an
+ * import (any more) are the tail of one that failed: dropped. */
+static void imp_frame(struct session *s, const struct ap_hdr *h, const unsigned char *p)
+{
+	struct import *x = imp_find(s, h->id);
+	if (!x)
+		return;
+	if (h->type == AP_T_ENTRY)
+		imp_entry(x, p, h->len);
+	else if (h->type == AP_T_DATA)
+		imp_data(x, p, h->len);
+	else
+		imp_end(x, p, h->len);
+}
+
+static void imp_start(struct session *s, uint32_t id, const unsigned char *p, size_t len)
+{
+	char *path = NULL;
+	int64_t type = AP_E_DIR;
+	if (id == 0 || imp_find(s, id) || xport_find(s, id) || exec_find(s, id)) {
+		send_error(s, id, AP_T_IMPORT, EINVAL, "import id %u is 0 or already in use", id);
+		return;
+	}
+	if (ap_fields_check(p, len) < 0 || ap_get_str(p, len, AP_F_PATH, &path) < 0 ||
+	    path[0] != '/' || (ap_get_int(p, len, AP_F_TYPE, &type) == 0 && type != AP_E_DIR &&
+			       type != AP_E_REG)) {
+		send_error(s, id, AP_T_IMPORT, EINVAL,
+			   "bad import request: want an absolute PATH and TYPE dir or reg");
+		free(path);
+		return;
+	}
+	struct import *x = calloc(1, sizeof(*x));
+	if (!x) {
+		send_error(s, id, AP_T_IMPORT, ENOMEM, "out of memory");
+		free(path);
+		return;
+	}
+	x->s = s;
+	x->id = id;
+	x->dest = path;
+	x->root_fd = x->pfd = x->file_fd = x->file_dir = -1;
+	x->single_mode = type == AP_E_REG;
+	x->next = imports;
+	imports = x;
+	if (!x->single_mode) {
+		int mk = init_mkdir_parents(path) < 0 ? errno : 0;
+		x->root_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (x->root_fd < 0) {
+			int e = errno;
+			if (e == ENOTDIR || (mk == EEXIST && e == ENOENT))
+				imp_fail(x, ENOTDIR, "'%s' exists in the guest and is not a directory",
+					 path);
+			else
+				imp_fail(x, mk ? mk : e, "cannot create the directory '%s' in the guest: "
+					 "%s", path, strerror(mk ? mk : e));
+		}
+		return;
+	}
+	/* one file: into PATH when it is a directory, else onto PATH */
+	x->root_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (x->root_fd >= 0)
+		return;
+	int e = errno;
+	size_t n = strlen(path);
+	if ((e != ENOENT && e != ENOTDIR) || path[n - 1] == '/') {
+		imp_fail(x, e == ENOENT ? ENOTDIR : e, "'%s' is not a directory in the guest%s", path,
+			 e == ENOENT ? " (it does not exist)" : "");
+		return;
+	}
+	char *slash = strrchr(path, '/');
+	const char *base = slash + 1;
+	if (!strcmp(base, ".") || !strcmp(base, "..")) {
+		imp_fail(x, EINVAL, "'%s' does not name a file", path);
+		return;
+	}
+	x->single = strdup(base);
+	*slash = 0;
+	x->root_fd = open(slash == path ? "/" : path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	e = errno;
+	*slash = '/';
+	if (!x->single) {
+		imp_fail(x, ENOMEM, "out of memory");
+	} else if (x->root_fd < 0) {
+		imp_fail(x, e, "the directory of '%s' %s in the guest", path,
+			 e == ENOENT ? "does not exist" : strerror(e));
+	}
+}
+
 /* ---- MOUNT ---- */
 
 static void mount_req(struct session *s, uint32_t id, const unsigned char *p, size_t len)
@@ -1229,6 +1868,14 @@ static void dispatch(struct session *s, const struct ap_hdr *h, const unsigned c
 	case AP_T_EXPORT:
 		xport_start(s, h->id, p, h->len);
 		break;
+	case AP_T_IMPORT:
+		imp_start(s, h->id, p, h->len);
+		break;
+	case AP_T_ENTRY:
+	case AP_T_DATA:
+	case AP_T_END:
+		imp_frame(s, h, p);
+		break;
 	default:
 		/* a valid agent->host type sent to the agent */
 		send_error(s, h->id, h->type, EPROTO, "frame type '%s' is not a request",
@@ -1317,7 +1964,10 @@ static void session_lost(struct session *s)
 
 static void session_read(struct session *s)
 {
+	size_t took = 0;
 	for (;;) {
+		if (took >= RX_BUDGET)
+			return; /* let the loop serve the others; poll says POLLIN again */
 		if (s->rxcap - s->rxlen < AP_CHUNK) {
 			size_t cap = s->rxcap ? s->rxcap * 2 : 2 * AP_CHUNK;
 			if (cap > RX_MAX + AP_CHUNK)
@@ -1335,6 +1985,7 @@ static void session_read(struct session *s)
 		ssize_t n = read(s->fd, s->rx + s->rxlen, s->rxcap - s->rxlen);
 		if (n > 0) {
 			s->rxlen += (size_t)n;
+			took += (size_t)n;
 			session_parse(s);
 			if (quitting || s->dead)
 				return;

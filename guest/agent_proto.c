@@ -32,7 +32,7 @@ void ap_hdr_pack(unsigned char out[AP_HDR_LEN], uint8_t type, uint32_t id, uint3
 {
 	out[0] = 'B';
 	out[1] = 'A';
-	out[2] = AP_VERSION;
+	out[2] = AP_WIRE_VERSION;
 	out[3] = type;
 	put32(out + 4, id);
 	put32(out + 8, len);
@@ -53,6 +53,7 @@ uint32_t ap_type_max(uint8_t type)
 		return AP_MAX_CTL_PAYLOAD;
 	case AP_T_MOUNT:
 	case AP_T_EXPORT:
+	case AP_T_IMPORT:
 	case AP_T_ENTRY:
 	case AP_T_WARN:
 		return 3 * AP_MAX_PATH + 512; /* two paths and small fields */
@@ -84,6 +85,7 @@ const char *ap_type_name(uint8_t type)
 	case AP_T_OK: return "ok";
 	case AP_T_MOUNT: return "mount";
 	case AP_T_EXPORT: return "export";
+	case AP_T_IMPORT: return "import";
 	case AP_T_ENTRY: return "entry";
 	case AP_T_DATA: return "data";
 	case AP_T_WARN: return "warn";
@@ -99,7 +101,7 @@ int ap_hdr_parse(const unsigned char in[AP_HDR_LEN], struct ap_hdr *h, const cha
 	if (in[0] != 'B' || in[1] != 'A') {
 		w = "bad magic";
 		rc = BG_ERR_PROTO;
-	} else if (in[2] != AP_VERSION) {
+	} else if (in[2] != AP_WIRE_VERSION) {
 		w = "unsupported protocol version";
 		rc = BG_ERR_PROTO;
 	} else if (ap_type_max(in[3]) == 0) {
@@ -635,6 +637,43 @@ int ap_entry_decode(const void *payload, size_t len, struct ap_entry *e, const c
 fail:
 	ap_entry_release(e);
 	return BG_ERR_PROTO;
+}
+
+int ap_entry_encode(struct ap_buf *b, uint32_t id, const struct ap_entry *e, const char **why)
+{
+	*why = "entry path is not a clean relative path";
+	if (!e->path || !ap_path_clean(e->path))
+		return BG_ERR_INVAL;
+	*why = "entry of an unknown type";
+	if (e->type < AP_E_REG || e->type > AP_E_HARDLINK)
+		return BG_ERR_INVAL;
+	*why = "entry with a bad mode or time";
+	if (e->mode > 07777 || e->mtime_ns > 999999999)
+		return BG_ERR_INVAL;
+	bool link = e->type == AP_E_SYMLINK || e->type == AP_E_HARDLINK;
+	*why = "link entry without a target, or one that is too long";
+	if (link && (!e->link || !e->link[0] || strlen(e->link) > AP_MAX_PATH))
+		return BG_ERR_INVAL;
+	*why = "hardlink to a path that is not clean and relative";
+	if (e->type == AP_E_HARDLINK && !ap_path_clean(e->link))
+		return BG_ERR_INVAL;
+	*why = "file entry with a bad size";
+	if (e->type == AP_E_REG && e->size > INT64_MAX)
+		return BG_ERR_INVAL;
+	*why = NULL;
+	ap_begin(b, AP_T_ENTRY, id);
+	ap_put_str(b, AP_F_PATH, e->path);
+	ap_put_int(b, AP_F_TYPE, e->type);
+	ap_put_int(b, AP_F_MODE, e->mode);
+	ap_put_int(b, AP_F_UID, e->uid);
+	ap_put_int(b, AP_F_GID, e->gid);
+	ap_put_int(b, AP_F_MTIME, e->mtime);
+	ap_put_int(b, AP_F_MTIME_NS, e->mtime_ns);
+	if (e->type == AP_E_REG)
+		ap_put_int(b, AP_F_SIZE, (int64_t)e->size);
+	if (link)
+		ap_put_str(b, AP_F_LINK, e->link);
+	return ap_end(b);
 }
 
 long ap_sync_find(const unsigned char *buf, size_t len, size_t *keep)

@@ -11,7 +11,7 @@
  *                 be mistaken for a frame (frames start with 'B')
  *   frame         12-byte header, then len payload bytes:
  *                   0  'B' 'A'      magic
- *                   2  u8  version  AP_VERSION
+ *                   2  u8  version  AP_WIRE_VERSION (the framing's version)
  *                   3  u8  type     AP_T_*
  *                   4  u32 id       exec id chosen by the host; 0 = the link
  *                   8  u32 len      payload length, <= the type's limit
@@ -61,6 +61,27 @@
  *             (for the id) ends it early.  SIGNAL to the id cancels it (it
  *             ends with ERROR, CODE=ECANCELED, at the next frame boundary).
  *             Special files are reported with WARN and skipped.
+ *   IMPORT    PATH TYPE?                    -> (the host streams ENTRY, DATA...,
+ *                                              END for the id) OK(REQ=IMPORT
+ *                                              COUNT BYTES); or ERROR(REQ=IMPORT)
+ *             (protocol 3) the reverse of EXPORT: the host sends the tree
+ *             into the guest directory PATH (absolute; created with its
+ *             parents when missing) as ENTRY frames, each regular file's
+ *             followed by DATA frames carrying exactly SIZE bytes, then
+ *             END COUNT BYTES.  TYPE AP_E_REG: a single file, exactly one
+ *             ENTRY of type reg whose PATH is one name; it lands at
+ *             PATH/NAME when PATH is an existing directory, else at PATH
+ *             (whose directory must exist), like cp(1).  The agent writes
+ *             each DATA frame straight to the file (no buffering: while a
+ *             write blocks it does not read the link, which backs pressure
+ *             into the host), never writes outside PATH (each component
+ *             opened from its parent with O_NOFOLLOW; a symlink in the
+ *             guest is never followed), writes files to a temporary name
+ *             and renames them over, and answers once: OK after END, or
+ *             ERROR naming the path at the first failure (frames of the id
+ *             that follow an ERROR are dropped).  SIGNAL to the id cancels
+ *             it (ERROR, CODE=ECANCELED).  What was written before a
+ *             failure stays; no temporary file does.
  * Replies (agent -> host):
  *   ENTRY     PATH TYPE MODE UID GID MTIME MTIME_NS SIZE? LINK?
  *             PATH relative to the exported directory (no "..", no leading
@@ -70,12 +91,26 @@
  *   WARN      PATH MSG
  *   END       COUNT (entries) BYTES (file data)
  *
+ * ENTRY, DATA and END are the only frame types that travel both ways (agent
+ * -> host for EXPORT, host -> agent for IMPORT); every other type below
+ * 0x80 is a request, from 0x80 a reply.
+ *
+ * Versions.  The header's version byte (AP_WIRE_VERSION) changes only when
+ * the framing does; an agent rejects frames of another wire version.  The
+ * HELLO's VERSION field is the protocol level (AP_VERSION): it grows when
+ * requests are added.  The host accepts agents from AP_MIN_VERSION up and
+ * sends a request only to an agent whose level has it (IMPORT: 3; an older
+ * agent would take the unknown frame type for garbage and drop the link
+ * until the next SYNC).
+ *
  * Flow control: the agent produces an export only while the link takes its
  * bytes (a full virtio port or socket stops it; it never buffers more than
  * one chunk of a file), and the host's queue limit per id backs pressure
  * into the guest, so neither side buffers without bound.  File data goes
  * from the page cache to the port with splice(2) where the kernel can.
  * STDIN is buffered by the agent up to AP_STDIN_BUFFER_MAX per command.
+ * IMPORT is not buffered at all: one frame at a time, written to its file
+ * before the next is read.
  */
 #ifndef BANGER_AGENT_PROTO_H
 #define BANGER_AGENT_PROTO_H
@@ -84,7 +119,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define AP_VERSION 2
+#define AP_WIRE_VERSION 2   /* the header's version byte */
+#define AP_VERSION 3        /* protocol level in HELLO: 3 added IMPORT */
+#define AP_MIN_VERSION 2    /* the oldest agent the host talks to */
+#define AP_IMPORT_VERSION 3 /* the first level with IMPORT */
 #define AP_HDR_LEN 12
 #define AP_SYNC_LEN 16
 extern const unsigned char AP_SYNC[AP_SYNC_LEN];
@@ -116,6 +154,7 @@ enum {
 	AP_T_POWEROFF = 0x05,
 	AP_T_MOUNT = 0x06,
 	AP_T_EXPORT = 0x07,
+	AP_T_IMPORT = 0x08,
 
 	AP_T_HELLO_REPLY = 0x81,
 	AP_T_STARTED = 0x82,
@@ -155,7 +194,7 @@ enum {
 	AP_F_KERNEL = 13,   /* str: guest kernel release */
 	AP_F_UPTIME_MS = 14, /* int: guest uptime when the agent became ready */
 	AP_F_PATH = 15,     /* str */
-	AP_F_TYPE = 16,     /* int: AP_E_* */
+	AP_F_TYPE = 16,     /* int: AP_E_* (ENTRY; IMPORT: AP_E_DIR or AP_E_REG) */
 	AP_F_MODE = 17,     /* int: permission bits (07777) */
 	AP_F_UID = 18,      /* int */
 	AP_F_GID = 19,      /* int */
@@ -279,6 +318,9 @@ struct ap_entry {
 	char *link;     /* AP_E_SYMLINK target; AP_E_HARDLINK: the earlier entry's path */
 };
 int ap_entry_decode(const void *payload, size_t len, struct ap_entry *e, const char **why);
+/* Encode e as an ENTRY frame for id into b.  BG_ERR_INVAL (with a static
+ * reason in *why) for an entry ap_entry_decode would refuse. */
+int ap_entry_encode(struct ap_buf *b, uint32_t id, const struct ap_entry *e, const char **why);
 void ap_entry_release(struct ap_entry *e);
 /* Whether p is a clean relative path: not empty, no leading or doubled
  * '/', no "." or ".." component, at most AP_MAX_PATH bytes. */

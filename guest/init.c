@@ -451,9 +451,9 @@ static int find_by_sb(const char *spec, char *out, size_t outlen)
 	return rc;
 }
 
-static int mkdir_parents(const char *path)
+int init_mkdir_parents(const char *path)
 {
-	char p[512];
+	char p[4096];
 	if (snprintf(p, sizeof(p), "%s", path) >= (int)sizeof(p)) {
 		errno = ENAMETOOLONG;
 		return -1;
@@ -491,7 +491,7 @@ int init_mount_disk(const char *dev, const char *path, const char *fstype, bool 
 		}
 		sleep_ms(20);
 	}
-	if (mkdir_parents(path) < 0) {
+	if (init_mkdir_parents(path) < 0) {
 		int e = errno;
 		snprintf(why, whylen, "cannot create the mount point '%s': %s", path, strerror(e));
 		return -e;

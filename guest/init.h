@@ -66,6 +66,10 @@ int init_load_modules(const char *wanted);
 int init_switch_root(const struct init_cmdline *c);
 /* /dev/pts, /dev/shm, /dev/fd links, /run: after the switch. */
 void init_late_mounts(const struct init_cmdline *c);
+/* mkdir -p with mode 0755: 0, or -1 with errno (ENAMETOOLONG past 4095
+ * bytes).  A component that exists as something else is left to the
+ * caller's open to report (ENOTDIR). */
+int init_mkdir_parents(const char *path);
 /*
  * Mount a disk for the workspace (banger.mount= and the MOUNT request).
  * dev is a device path, or LABEL=NAME / UUID=UUID of an ext2/3/4 disk

@@ -469,9 +469,9 @@ int agent_connect_fd(int fd, int64_t timeout_us, int watch_fd, struct agent_conn
 	rc = handshake(c, mono_us() + timeout_us, watch_fd, errmsg);
 	if (rc < 0)
 		goto fail;
-	if (c->info.version != AP_VERSION) {
-		errmsg_set(errmsg, "the agent speaks protocol %d, bangerd %d: re-import the kernel",
-			c->info.version, AP_VERSION);
+	if (c->info.version < AP_MIN_VERSION || c->info.version > AP_VERSION) {
+		errmsg_set(errmsg, "the agent speaks protocol %d, bangerd %d to %d: re-import the kernel",
+			c->info.version, AP_MIN_VERSION, AP_VERSION);
 		rc = BG_ERR_PROTO;
 		goto fail;
 	}
@@ -916,6 +916,10 @@ static int request_error(const struct qframe *q, const char *what, char **errmsg
 		return BG_ERR_INVAL;
 	if (code == ECANCELED)
 		return BG_ERR_CANCELED;
+	if (code == ELOOP)
+		return BG_ERR_PERM; /* a symlink the import refused to follow */
+	if (code == EPROTO)
+		return BG_ERR_PROTO;
 	return code ? bg_errno(code) : BG_ERR_IO;
 }
 
@@ -1077,6 +1081,229 @@ int agent_export(struct agent_conn *c, const char *guest_path, const struct agen
 		}
 	}
 	agent_exec_destroy(e);
+	return rc;
+}
+
+/* ---- IMPORT ---- */
+
+/* A frame of e if one is queued (*out, the caller frees it; NULL if
+ * none); the connection's error otherwise.  Never waits. */
+static int request_poll(struct agent_exec *e, struct qframe **out, char **errmsg)
+{
+	struct agent_conn *c = e->c;
+	int rc = 0;
+	*out = NULL;
+	pthread_mutex_lock(&c->mu);
+	struct qframe *q = e->head;
+	if (q) {
+		e->head = q->next;
+		if (!e->head)
+			e->tail = NULL;
+		e->queued -= q->len;
+		*out = q;
+	} else if (c->err) {
+		rc = c->err;
+		errmsg_set(errmsg, "%s", c->errmsg);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+/* An answer of the agent to an import: 0 for OK (counts in *n, *bytes),
+ * the agent's error, or BG_ERR_PROTO for anything else (the link is then
+ * broken: the agent sends nothing else for an import id). */
+static int import_answer(struct agent_conn *c, struct qframe *q, int64_t *n, int64_t *bytes,
+			 char **errmsg)
+{
+	int rc;
+	if (q->type == AP_T_OK) {
+		*n = *bytes = -1;
+		ap_get_int(q->data, q->len, AP_F_COUNT, n);
+		ap_get_int(q->data, q->len, AP_F_BYTES, bytes);
+		rc = 0;
+	} else if (q->type == AP_T_ERROR) {
+		rc = request_error(q, "the import failed", errmsg);
+	} else {
+		char *m = xasprintf("the agent broke the import protocol (a '%s' frame for an import)",
+				    ap_type_name(q->type));
+		errmsg_set(errmsg, "%s", m);
+		conn_fail(c, BG_ERR_PROTO, m);
+		free(m);
+		rc = BG_ERR_PROTO;
+	}
+	free(q);
+	return rc;
+}
+
+/* Cancel the import in the guest and wait (bounded) for its ERROR, so the
+ * agent has removed its temporary file when agent_import returns. */
+static void import_cancel(struct agent_exec *e)
+{
+	if (send_small(e, AP_T_SIGNAL, NULL, 0, SIGTERM) < 0)
+		return;
+	int64_t deadline = mono_us() + KILL_GRACE_US;
+	for (;;) {
+		struct qframe *q = NULL;
+		if (request_take(e, deadline, NULL, NULL, &q, NULL) < 0)
+			return;
+		bool last = q->type == AP_T_ERROR || q->type == AP_T_OK;
+		free(q);
+		if (last)
+			return;
+	}
+}
+
+int agent_import(struct agent_conn *c, const char *guest_dest, const struct agent_import_ops *ops,
+		 struct agent_import_stats *st, char **errmsg)
+{
+	struct agent_import_stats local;
+	if (!st)
+		st = &local;
+	memset(st, 0, sizeof(*st));
+	if (!guest_dest || guest_dest[0] != '/') {
+		errmsg_set(errmsg, "import: '%s' is not an absolute guest path",
+			   guest_dest ? guest_dest : "");
+		return BG_ERR_INVAL;
+	}
+	if (c->info.version < AP_IMPORT_VERSION) {
+		errmsg_set(errmsg, "the agent in the guest (%s) speaks protocol %d, which has no "
+			   "IMPORT (protocol %d has it): re-import the kernel and boot the VM again "
+			   "to get a newer agent", c->info.agent[0] ? c->info.agent : "banger-agent",
+			   c->info.version, AP_IMPORT_VERSION);
+		return BG_ERR_UNSUPPORTED;
+	}
+	struct ap_buf b;
+	ap_buf_init(&b);
+	ap_begin(&b, AP_T_IMPORT, 0);
+	ap_put_str(&b, AP_F_PATH, guest_dest);
+	ap_put_int(&b, AP_F_TYPE, ops->single_file ? AP_E_REG : AP_E_DIR);
+	struct agent_exec *e = NULL;
+	int rc = ap_end(&b);
+	if (rc < 0)
+		errmsg_set(errmsg, "import: the guest path is too long");
+	else
+		rc = request_start(c, &b, &e, errmsg);
+	if (rc < 0) {
+		ap_buf_release(&b);
+		return rc;
+	}
+	int64_t deadline = ops->timeout_us > 0 ? mono_us() + ops->timeout_us : 0;
+	unsigned char *buf = xmalloc(AP_HDR_LEN + AP_MAX_PAYLOAD);
+	bool answered = false; /* the agent ended the import (its ERROR) */
+	uint64_t left = 0;     /* data of the current file still to send */
+	for (;;) {
+		/* the agent stops at its first failure: look before each frame */
+		struct qframe *q = NULL;
+		int64_t n, bytes;
+		rc = request_poll(e, &q, errmsg);
+		if (rc < 0)
+			break;
+		if (q) {
+			answered = true;
+			rc = import_answer(c, q, &n, &bytes, errmsg);
+			if (rc == 0) {
+				rc = BG_ERR_PROTO;
+				errmsg_set(errmsg, "the agent confirmed the import into '%s' before it "
+					   "was complete", guest_dest);
+				conn_fail(c, rc, "the agent confirmed an import before its end");
+			}
+			break;
+		}
+		if (deadline && mono_us() >= deadline) {
+			rc = BG_ERR_TIMEDOUT;
+			errmsg_set(errmsg, "the import into '%s' timed out after %.1f s", guest_dest,
+				   (double)ops->timeout_us / 1e6);
+			break;
+		}
+		if (ops->cancelled && ops->cancelled(ops->arg)) {
+			rc = BG_ERR_CANCELED;
+			errmsg_set(errmsg, "the import into '%s' was cancelled", guest_dest);
+			break;
+		}
+		char *serr = NULL;
+		if (left) {
+			size_t want = left < AP_MAX_PAYLOAD ? (size_t)left : AP_MAX_PAYLOAD;
+			int64_t got = ops->read(ops->arg, buf + AP_HDR_LEN, want, &serr);
+			if (got <= 0 || (uint64_t)got > want) {
+				rc = got < 0 ? (int)got : BG_ERR_IO;
+				errmsg_set(errmsg, "%s", serr ? serr : "the import source gave no data");
+				free(serr);
+				break;
+			}
+			ap_hdr_pack(buf, AP_T_DATA, e->id, (uint32_t)got);
+			rc = conn_write(c, buf, AP_HDR_LEN + (size_t)got);
+			if (rc < 0) {
+				errmsg_set(errmsg, "cannot send file data to the agent");
+				break;
+			}
+			left -= (uint64_t)got;
+			st->bytes += (uint64_t)got;
+			continue;
+		}
+		struct ap_entry en;
+		memset(&en, 0, sizeof(en));
+		int r = ops->next(ops->arg, &en, &serr);
+		if (r < 0) {
+			rc = r;
+			errmsg_set(errmsg, "%s", serr ? serr : bg_strerror(r));
+			free(serr);
+			break;
+		}
+		if (r == 0) {
+			ap_begin(&b, AP_T_END, e->id);
+			ap_put_int(&b, AP_F_COUNT, (int64_t)st->entries);
+			ap_put_int(&b, AP_F_BYTES, (int64_t)st->bytes);
+			rc = ap_end(&b);
+			if (rc == 0)
+				rc = conn_write(c, b.data, b.len);
+			if (rc < 0)
+				errmsg_set(errmsg, "cannot send the end of the import to the agent");
+			break;
+		}
+		const char *why;
+		rc = ap_entry_encode(&b, e->id, &en, &why);
+		if (rc < 0) {
+			errmsg_set(errmsg, "import: '%s': %s", en.path ? en.path : "", why ? why : "too long");
+			break;
+		}
+		rc = conn_write(c, b.data, b.len);
+		if (rc < 0) {
+			errmsg_set(errmsg, "cannot send an entry to the agent");
+			break;
+		}
+		st->entries++;
+		left = en.type == AP_E_REG ? en.size : 0;
+	}
+	free(buf);
+	ap_buf_release(&b);
+	if (rc == 0) {
+		/* END sent: the agent's answer, after it applied the directories
+		 * and synced the filesystem */
+		struct qframe *q = NULL;
+		rc = request_take(e, deadline, ops->cancelled, ops->arg, &q, errmsg);
+		if (rc == BG_ERR_TIMEDOUT || rc == BG_ERR_CANCELED)
+			errmsg_set(errmsg, rc == BG_ERR_TIMEDOUT ? "the import into '%s' timed out"
+								 : "the import into '%s' was cancelled",
+				   guest_dest);
+		if (rc == 0) {
+			int64_t n, bytes;
+			answered = true;
+			rc = import_answer(c, q, &n, &bytes, errmsg);
+			if (rc == 0 && (n != (int64_t)st->entries || bytes != (int64_t)st->bytes)) {
+				rc = BG_ERR_PROTO;
+				errmsg_set(errmsg, "the agent confirmed %lld entries and %lld bytes, the "
+					   "host sent %llu and %llu", (long long)n, (long long)bytes,
+					   (unsigned long long)st->entries, (unsigned long long)st->bytes);
+			}
+		}
+	}
+	if (rc < 0 && !answered && agent_conn_error(c) == 0)
+		import_cancel(e);
+	agent_exec_destroy(e);
+	if (rc == 0 && errmsg) {
+		free(*errmsg);
+		*errmsg = NULL;
+	}
 	return rc;
 }
 

@@ -164,6 +164,60 @@ struct agent_export_stats {
 int agent_export(struct agent_conn *c, const char *guest_path, const struct agent_export_ops *ops,
 		 struct agent_export_stats *st, char **errmsg);
 
+/* ---- IMPORT (protocol 3): a tree from the host into the guest ---- */
+
+/*
+ * Where agent_import takes the tree from (worker/import.c walks a host
+ * directory; a test can script one).  Callbacks run in agent_import's
+ * thread.
+ */
+struct agent_import_ops {
+	/* The next entry: 1 with *e filled (its strings stay the source's
+	 * until the next call), 0 when the tree is complete, or a negative
+	 * BG_ERR_* with a message in *errmsg (may be left NULL), which cancels
+	 * the import in the guest and is returned.  Order: a directory before
+	 * anything in it, a hardlink after the file it names (e->link: that
+	 * file's path); paths relative to the destination, clean. */
+	int (*next)(void *arg, struct ap_entry *e, char **errmsg);
+	/* Data of the current AP_E_REG entry: at most cap bytes into buf;
+	 * the count (> 0), or a negative BG_ERR_* (message in *errmsg).
+	 * Called until e->size bytes came (not at all for an empty file). */
+	int64_t (*read)(void *arg, void *buf, size_t cap, char **errmsg);
+	/* Polled before every frame and about every 100 ms while waiting;
+	 * true: cancel, BG_ERR_CANCELED.  May be NULL. */
+	bool (*cancelled)(void *arg);
+	/* > 0: the whole import must end within this, else BG_ERR_TIMEDOUT. */
+	int64_t timeout_us;
+	/* The source is one regular file (exactly one AP_E_REG entry whose
+	 * path is a plain name): in the guest it lands at DEST/NAME when DEST
+	 * is an existing directory, else at DEST itself (replaced if it is a
+	 * file; its directory must exist), like cp(1). */
+	bool single_file;
+	void *arg;
+};
+
+struct agent_import_stats {
+	uint64_t entries, bytes; /* sent, and confirmed by the agent's OK */
+};
+
+/*
+ * Send the tree from ops into the guest directory guest_dest (absolute;
+ * created with its parents when missing, unless single_file).  Blocks
+ * until the agent confirmed it (OK with the counts the host sent): 0.
+ * Failures: BG_ERR_UNSUPPORTED (an agent older than protocol 3, nothing
+ * sent: "the agent in the guest speaks protocol 2, which has no IMPORT
+ * ..."); the agent's error with its message naming the path (BG_ERR_PERM
+ * for a symlink in the guest where a directory is needed, BG_ERR_INVAL
+ * for a destination that is not a directory, BG_ERR_NOSPC, ...);
+ * BG_ERR_TIMEDOUT, BG_ERR_CANCELED, BG_ERR_CLOSED; or a callback's value.
+ * On every failure after the request was sent, the agent has stopped
+ * (a cancel is confirmed before this returns, bounded by a few seconds)
+ * and removed its temporary file; what it had renamed into place stays.
+ * Memory: one 1 MiB frame buffer.  st may be NULL.
+ */
+int agent_import(struct agent_conn *c, const char *guest_dest, const struct agent_import_ops *ops,
+		 struct agent_import_stats *st, char **errmsg);
+
 /* Ask the guest to sync and power off; waits (bounded) for its OK or for
  * the link to close.  0 when the agent acknowledged or went away. */
 int agent_poweroff(struct agent_conn *c, int64_t timeout_us, char **errmsg);

@@ -2,7 +2,7 @@
 # worker/workspace.c (a host directory to an ext4 image, checked from
 # outside with e2fsck and debugfs), worker/export.c (the atomic, bounded,
 # hashed `to:` writer and the tar built from the agent's entry stream) and
-# the agent's MOUNT and EXPORT requests, first against the agent in test
+# the agent's MOUNT, EXPORT and IMPORT requests (worker/import.c), first against the agent in test
 # mode (no VM), then in a real VM booted as t_vm.sh boots one (the Debian
 # cloud kernel under TCG, banger's initramfs and agent, a busybox root) with
 # the workspace image as its second disk.  Driven through build/ws-tool
@@ -200,6 +200,111 @@ test_export_patch_test_mode() {
 	return 0
 }
 
+# ---- import (a host tree into the guest), against the agent in test mode ----
+
+# imp_check SRC DST: DST is SRC imported (contents, modes, symlinks, hardlinks)
+imp_check() {
+	diff -r --no-dereference "$1" "$2" >"$T/diff" 2>&1
+	grep -v -e 'a-fifo' -e 'not-mine' "$T/diff" | grep . && fail "import differs: $(cat "$T/diff")"
+	expect_eq "$(stat -c %a "$2/run.sh")" 755 "mode of run.sh"
+	expect_eq "$(stat -c %a "$2/src/main.c")" 640 "mode of main.c"
+	expect_eq "$(readlink "$2/src/link-outside")" ../../../../etc/passwd "outside symlink"
+	[ -L "$2/src/link-outside" ] || fail "the outside symlink is not a symlink"
+	expect_eq "$(readlink "$2/out/link-abs")" /etc/hostname "absolute symlink"
+	expect_eq "$(stat -c %i "$2/src/hard-a")" "$(stat -c %i "$2/src/lib/hard-b")" "hardlink"
+	expect_eq "$(cat "$2/日本語/テスト.md")" "japanese dir" "unicode names"
+	[ -d "$2/empty2/inner" ] && [ -z "$(ls -A "$2/empty")" ] || fail "empty directories"
+	expect_eq "$(stat -c %y "$2/src/main.c" | cut -c1-19)" "2024-05-01 12:00:00" "file mtime"
+	expect_eq "$(stat -c %y "$2/src/lib" | cut -c1-19)" "2024-05-01 12:00:00" "directory mtime"
+	expect_eq "$(stat -c %y "$2/src/link-outside" | cut -c1-19)" "2024-05-01 12:00:00" \
+		"symlink mtime"
+	find "$2" -name '.banger-import*' | grep . && fail "a temporary file is left"
+	return 0
+}
+
+test_import_test_mode_round_trip() {
+	ws_need
+	vm_setup
+	ws_tree 20
+	agent_test_mode
+	I="$WS import --sock $T/agent.sock"
+	must $I --from "$T/tree" --path "$T/guest/new/dir" >"$T/out" 2>"$T/err"
+	cat "$T/out"
+	out=$(cat "$T/out")
+	expect_contains "$out" "symlinks=4 hardlinks=1"
+	if [ "$(id -u)" = 0 ]; then
+		expect_contains "$(cat "$T/err")" "warning: special: 'a-fifo' is a fifo; skipped"
+		expect_contains "$(cat "$T/err")" "warning: owner: 'not-mine.txt' belongs to uid 4242"
+	fi
+	imp_check "$T/tree" "$T/guest/new/dir"
+	# again over the same tree: files replaced, hardlinks kept, nothing left over
+	echo changed >"$T/guest/new/dir/src/main.c"
+	must $I --from "$T/tree" --path "$T/guest/new/dir" >/dev/null 2>&1
+	imp_check "$T/tree" "$T/guest/new/dir"
+	# excludes, as the workspace disk applies them
+	# shellcheck disable=SC2086
+	must $I --from "$T/tree" --path "$T/guest/ex" $EXCL >"$T/out" 2>/dev/null
+	[ -e "$T/guest/ex/node_modules" ] || [ -e "$T/guest/ex/sub/node_modules" ] &&
+		fail "node_modules not excluded"
+	[ -e "$T/guest/ex/src/main.c" ] || fail "an excluded import lost src/main.c"
+	# one file: into an existing directory, onto a new name, over a symlink
+	must $I --from "$T/tree/run.sh" --path "$T/guest/ex" >/dev/null 2>&1
+	cmp "$T/tree/run.sh" "$T/guest/ex/run.sh" || fail "single file into a directory"
+	must $I --from "$T/tree/src/main.c" --path "$T/guest/ex/renamed.c" >/dev/null 2>&1
+	cmp "$T/tree/src/main.c" "$T/guest/ex/renamed.c" || fail "single file onto a name"
+	expect_eq "$(stat -c %a "$T/guest/ex/renamed.c")" 640 "single file mode"
+	echo keep >"$T/victim"
+	ln -s "$T/victim" "$T/guest/ex/lnk"
+	must $I --from "$T/tree/run.sh" --path "$T/guest/ex/lnk" >/dev/null 2>&1
+	expect_eq "$(cat "$T/victim")" keep "a symlink at the destination was written through"
+	[ -L "$T/guest/ex/lnk" ] && fail "the symlink at the destination was not replaced"
+	return 0
+}
+
+test_import_test_mode_refusals() {
+	ws_need
+	vm_setup
+	ws_tree 5
+	agent_test_mode
+	I="$WS import --sock $T/agent.sock"
+	# a directory component in the guest is a symlink pointing outside:
+	# refused naming it, nothing written outside
+	mkdir -p "$T/outside" "$T/g"
+	ln -s "$T/outside" "$T/g/src"
+	$I --from "$T/tree" --path "$T/g" >"$T/o" 2>&1 && fail "import through a symlink accepted"
+	expect_contains "$(cat "$T/o")" "'src' in '$T/g' is a symlink in the guest; refused"
+	expect_contains "$(cat "$T/o")" "(PERM)"
+	expect_eq "$(ls -A "$T/outside")" "" "files written outside the destination"
+	[ -L "$T/g/src" ] || fail "the guest's symlink was replaced"
+	find "$T/g" -name '.banger-import*' | grep . && fail "a temporary file is left"
+	# the same one level deeper
+	mkdir -p "$T/g2/src"
+	ln -s "$T/outside" "$T/g2/src/lib"
+	$I --from "$T/tree" --path "$T/g2" >"$T/o" 2>&1 && fail "deep symlink accepted"
+	expect_contains "$(cat "$T/o")" "'src/lib' in '$T/g2' is a symlink in the guest; refused"
+	expect_eq "$(ls -A "$T/outside")" "" "files written outside the destination"
+	# bad destinations
+	echo x >"$T/afile"
+	$I --from "$T/tree" --path "$T/afile" >"$T/o" 2>&1 && fail "a file as destination"
+	expect_contains "$(cat "$T/o")" "'$T/afile' exists in the guest and is not a directory"
+	expect_contains "$(cat "$T/o")" "(INVAL)"
+	$I --from "$T/tree" --path "$T/afile/sub" >"$T/o" 2>&1 && fail "a path under a file"
+	expect_contains "$(cat "$T/o")" "is not a directory"
+	$I --from "$T/tree" --path relative/dir >"$T/o" 2>&1 && fail "a relative destination"
+	expect_contains "$(cat "$T/o")" "absolute guest path"
+	$I --from "$T/tree/run.sh" --path "$T/nodir/x.sh" >"$T/o" 2>&1 && fail "missing directory"
+	expect_contains "$(cat "$T/o")" "the directory of '$T/nodir/x.sh' does not exist in the guest"
+	$I --from "$T/nope" --path "$T/g3" >"$T/o" 2>&1 && fail "a missing source"
+	expect_contains "$(cat "$T/o")" "cannot open '$T/nope' to import it"
+	[ -e "$T/g3" ] && fail "a refused import created its destination"
+	$I --from "$T/tree" --path "$T/g3" --exclude '!x' >"$T/o" 2>&1 && fail "bad exclude"
+	expect_contains "$(cat "$T/o")" "negated exclude patterns"
+	# the agent is still usable after the refusals
+	must $I --from "$T/tree/src" --path "$T/g4" >/dev/null 2>&1
+	cmp "$T/tree/src/random.bin" "$T/g4/random.bin" || fail "import after refusals"
+	return 0
+}
+
 # ---- in a real VM ----
 
 ws_vm() {
@@ -277,6 +382,22 @@ test_vm_workspace_round_trip() {
 	"$WS" patch --run-dir "$T/ws" --path /workspace --to p.patch --spec-dir "$T/spec" \
 		>"$T/o" 2>&1 && fail "patch without git"
 	expect_contains "$(cat "$T/o")" "the image has no git"
+	# a host tree into the running VM (IMPORT), checked in the guest
+	must "$WS" import --run-dir "$T/ws" --from "$T/tree/src" --path /workspace/in/src \
+		>"$T/imp" 2>&1
+	echo "    import: $(cat "$T/imp")"
+	must "$WS" import --run-dir "$T/ws" --from "$T/tree/big.bin" --path /workspace/in \
+		>"$T/imp" 2>&1
+	echo "    import of big.bin: $(cat "$T/imp")"
+	vx ws --sh 'cd /workspace/in && sha256sum big.bin src/main.c src/random.bin "src/ünïcödé-файл.txt" && readlink src/link-outside && stat -c "%i %a" src/hard-a src/lib/hard-b src/main.c && find /workspace/in -name ".banger-import*" | wc -l' \
+		>"$T/g" 2>&1 || { cat "$T/g"; fail "checking the import in the guest"; }
+	(cd "$T/tree" && sha256sum big.bin src/main.c src/random.bin "src/ünïcödé-файл.txt") >"$T/h"
+	head -4 "$T/g" | diff - "$T/h" || fail "imported contents differ between host and guest"
+	expect_eq "$(sed -n 5p "$T/g")" "../../../../etc/passwd" "imported outside symlink"
+	[ "$(sed -n 6p "$T/g" | cut -d' ' -f1)" = "$(sed -n 7p "$T/g" | cut -d' ' -f1)" ] ||
+		fail "imported hardlink split: $(sed -n 6,7p "$T/g")"
+	expect_eq "$(sed -n 8p "$T/g" | cut -d' ' -f2)" 640 "imported mode"
+	expect_eq "$(sed -n 9p "$T/g" | tr -d ' ')" 0 "temporary files left in the guest"
 	"$VMT" stop --run-dir "$T/ws" >/dev/null 2>&1
 	return 0
 }

@@ -22,6 +22,12 @@
  *        mbps=M path=P"; exit 1 with the message on stderr on failure
  *   ws-tool patch  (--run-dir D | --sock S) --path GUESTDIR --to TO
  *                  --spec-dir DIR [--base REV] [--max BYTES]
+ *   ws-tool import (--run-dir D | --sock S) --from HOSTPATH --path GUESTDEST
+ *                  [--exclude PAT]... [--owner UID] [--timeout S]
+ *        import_dir (worker/import.h); prints "warning: KIND: MSG" per
+ *        skipped entry (stderr) and "files=F dirs=D symlinks=S hardlinks=H
+ *        skipped=K excluded=E data_bytes=B entries=N s=S mbps=M" (stdout);
+ *        exit 1 with "ws-tool: import: MSG (ERRNAME)" on failure
  */
 #include <errno.h>
 #include <signal.h>
@@ -33,6 +39,7 @@
 #include "agent.h"
 #include "err.h"
 #include "export.h"
+#include "import.h"
 #include "log.h"
 #include "qemu.h"
 #include "util.h"
@@ -51,7 +58,7 @@ struct opts {
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: ws-tool build|start|mount|export|patch [options] "
+	fprintf(stderr, "usage: ws-tool build|start|mount|export|patch|import [options] "
 			"(see tests/tools/ws_tool.c)\n");
 	return 2;
 }
@@ -289,6 +296,42 @@ static int cmd_export(const struct opts *o, bool patch)
 	return 0;
 }
 
+static int cmd_import(const struct opts *o)
+{
+	struct agent_conn *c;
+	if (!o->from || !o->path)
+		return usage();
+	if (conn_open(o, &c))
+		return 1;
+	struct import_opts io = {
+		.exclude = o->nexclude ? o->exclude : NULL,
+		.owner_set = o->owner_set,
+		.owner = (uid_t)o->owner,
+		.warn = on_warn,
+		.timeout_us = (int64_t)(o->timeout * 1e6),
+	};
+	struct import_result r;
+	char *err = NULL;
+	int64_t t0 = mono_us();
+	int rc = import_dir(c, o->from, o->path, &io, &r, &err);
+	double s = (double)(mono_us() - t0) / 1e6;
+	agent_close(c);
+	if (rc < 0) {
+		fprintf(stderr, "ws-tool: import: %s (%s)\n", err ? err : bg_strerror(rc),
+			bg_errname(rc));
+		free(err);
+		return 1;
+	}
+	printf("files=%llu dirs=%llu symlinks=%llu hardlinks=%llu skipped=%llu excluded=%llu "
+	       "data_bytes=%llu entries=%llu s=%.3f mbps=%.1f\n",
+	       (unsigned long long)r.files, (unsigned long long)r.dirs,
+	       (unsigned long long)r.symlinks, (unsigned long long)r.hardlinks,
+	       (unsigned long long)r.skipped, (unsigned long long)r.excluded,
+	       (unsigned long long)r.data_bytes, (unsigned long long)r.entries, s,
+	       s > 0 ? (double)r.data_bytes / 1048576.0 / s : 0.0);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -308,5 +351,7 @@ int main(int argc, char **argv)
 		return cmd_export(&o, false);
 	if (!strcmp(c, "patch"))
 		return cmd_export(&o, true);
+	if (!strcmp(c, "import"))
+		return cmd_import(&o);
 	return usage();
 }

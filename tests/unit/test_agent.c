@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -92,7 +93,7 @@ TEST(agent_proto_header_checks)
 	CHECK_EQ_INT(ap_hdr_parse(h, &hd, &why), BG_ERR_PROTO);
 	CHECK_STR_CONTAINS(why, "magic");
 	ap_hdr_pack(h, AP_T_EXEC, 1, 0);
-	h[2] = AP_VERSION + 1;
+	h[2] = AP_WIRE_VERSION + 1;
 	CHECK_EQ_INT(ap_hdr_parse(h, &hd, &why), BG_ERR_PROTO);
 	CHECK_STR_CONTAINS(why, "version");
 }
@@ -299,6 +300,12 @@ struct fake {
 	int fd;
 	int script;
 	int64_t sleep_ms;
+	/* what an IMPORT brought (read by the test after the join) */
+	char dest[64];
+	int64_t dest_type;
+	uint64_t entries, bytes, data_frames;
+	uint32_t max_data;
+	bool signalled;
 };
 
 /* Read one frame from the host, skipping SYNC markers.  0, or -1 at EOF. */
@@ -350,14 +357,14 @@ static void fake_send(int fd, struct ap_buf *b)
 	}
 }
 
-static void fake_hello(int fd)
+static void fake_hello(int fd, int64_t version)
 {
 	struct ap_buf b;
 	ap_buf_init(&b);
 	if (write(fd, AP_SYNC, AP_SYNC_LEN) != AP_SYNC_LEN)
 		return;
 	ap_begin(&b, AP_T_HELLO_REPLY, 0);
-	ap_put_int(&b, AP_F_VERSION, AP_VERSION);
+	ap_put_int(&b, AP_F_VERSION, version);
 	ap_put_str(&b, AP_F_AGENT, "fake-agent");
 	ap_put_str(&b, AP_F_KERNEL, "6.1.0-test");
 	ap_put_int(&b, AP_F_UPTIME_MS, 1234);
@@ -375,6 +382,9 @@ enum {
 	SCRIPT_STALE,       /* junk before the SYNC answer */
 	SCRIPT_KILLABLE,    /* STARTED; on SIGNAL 9, EXIT signo 9 */
 	SCRIPT_NOT_FOUND,   /* ERROR for the EXEC */
+	SCRIPT_OLD_AGENT,   /* protocol 2: no IMPORT */
+	SCRIPT_IMPORT,      /* takes an import, OK with its counts at END */
+	SCRIPT_IMPORT_REFUSE, /* ERROR(REQ=IMPORT) at the second entry */
 };
 
 static void *fake_main(void *arg)
@@ -396,7 +406,7 @@ static void *fake_main(void *arg)
 		if (write(f->fd, junk, sizeof(junk)) < 0)
 			goto out;
 	}
-	fake_hello(f->fd);
+	fake_hello(f->fd, f->script == SCRIPT_OLD_AGENT ? 2 : AP_VERSION);
 	while (fake_read(f->fd, &h, p, AP_MAX_PAYLOAD) == 0) {
 		if (h.type == AP_T_EXEC) {
 			uint32_t id = h.id;
@@ -447,6 +457,34 @@ static void *fake_main(void *arg)
 			ap_begin(&b, AP_T_EXIT, h.id);
 			ap_put_int(&b, AP_F_SIGNO, sig);
 			fake_send(f->fd, &b);
+		} else if (h.type == AP_T_IMPORT) {
+			char *d = NULL;
+			ap_get_str(p, h.len, AP_F_PATH, &d);
+			snprintf(f->dest, sizeof(f->dest), "%s", d ? d : "");
+			free(d);
+			ap_get_int(p, h.len, AP_F_TYPE, &f->dest_type);
+		} else if (h.type == AP_T_ENTRY) {
+			f->entries++;
+			if (f->script == SCRIPT_IMPORT_REFUSE && f->entries == 2) {
+				ap_begin(&b, AP_T_ERROR, h.id);
+				ap_put_int(&b, AP_F_REQ, AP_T_IMPORT);
+				ap_put_int(&b, AP_F_CODE, ELOOP);
+				ap_put_str(&b, AP_F_MSG, "'d' in '/dst' is a symlink in the guest; refused");
+				fake_send(f->fd, &b);
+			}
+		} else if (h.type == AP_T_DATA) {
+			f->data_frames++;
+			f->bytes += h.len;
+			if (h.len > f->max_data)
+				f->max_data = h.len;
+		} else if (h.type == AP_T_END) {
+			ap_begin(&b, AP_T_OK, h.id);
+			ap_put_int(&b, AP_F_REQ, AP_T_IMPORT);
+			ap_put_int(&b, AP_F_COUNT, (int64_t)f->entries);
+			ap_put_int(&b, AP_F_BYTES, (int64_t)f->bytes);
+			fake_send(f->fd, &b);
+		} else if (h.type == AP_T_SIGNAL && f->script == SCRIPT_IMPORT_REFUSE) {
+			f->signalled = true;
 		} else if (h.type == AP_T_POWEROFF) {
 			ap_begin(&b, AP_T_OK, 0);
 			ap_put_int(&b, AP_F_REQ, AP_T_POWEROFF);
@@ -604,4 +642,149 @@ TEST(agent_host_timeout_kills)
 	CHECK_STR_CONTAINS(err, "timed out");
 	free(err);
 	sess_end(&s);
+}
+
+/* ---- IMPORT ---- */
+
+TEST(agent_proto_entry_encode)
+{
+	struct ap_buf b;
+	struct ap_entry e, d;
+	const char *why;
+	ap_buf_init(&b);
+	e = (struct ap_entry){.path = "src/ünï", .type = AP_E_REG, .mode = 04755, .uid = 1,
+			      .gid = 2, .mtime = -5, .mtime_ns = 999999999, .size = 1ull << 40};
+	REQUIRE(ap_entry_encode(&b, 9, &e, &why) == 0);
+	struct ap_hdr h;
+	REQUIRE(ap_hdr_parse(b.data, &h, NULL) == 0);
+	CHECK_EQ_INT(h.type, AP_T_ENTRY);
+	CHECK_EQ_INT(h.id, 9);
+	REQUIRE(ap_entry_decode(b.data + AP_HDR_LEN, h.len, &d, &why) == 0);
+	CHECK_EQ_STR(d.path, "src/ünï");
+	CHECK_EQ_INT(d.mode, 04755);
+	CHECK_EQ_INT(d.mtime, -5);
+	CHECK_EQ_INT(d.size, 1ull << 40);
+	CHECK(d.link == NULL);
+	ap_entry_release(&d);
+	e = (struct ap_entry){.path = "l", .type = AP_E_SYMLINK, .link = "../../../etc/passwd"};
+	REQUIRE(ap_entry_encode(&b, 9, &e, &why) == 0);
+	REQUIRE(ap_entry_decode(b.data + AP_HDR_LEN, b.len - AP_HDR_LEN, &d, &why) == 0);
+	CHECK_EQ_STR(d.link, "../../../etc/passwd"); /* a symlink's target is its bytes */
+	ap_entry_release(&d);
+	/* what the decoder would refuse is never sent */
+	static const struct {
+		const char *path, *link;
+		int type;
+	} bad[] = {
+		{"../x", NULL, AP_E_REG},      {"/etc/x", NULL, AP_E_REG}, {"a//b", NULL, AP_E_DIR},
+		{"a/./b", NULL, AP_E_DIR},     {"a/", NULL, AP_E_DIR},     {"", NULL, AP_E_DIR},
+		{"h", "../out", AP_E_HARDLINK}, {"h", "/etc/passwd", AP_E_HARDLINK},
+		{"s", NULL, AP_E_SYMLINK},     {"s", "", AP_E_SYMLINK},    {"x", NULL, 9},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+		e = (struct ap_entry){.path = (char *)bad[i].path, .type = bad[i].type,
+				      .link = (char *)bad[i].link};
+		CHECK_EQ_INT(ap_entry_encode(&b, 1, &e, &why), BG_ERR_INVAL);
+		CHECK(why != NULL);
+	}
+	e = (struct ap_entry){.path = "m", .type = AP_E_DIR, .mode = 010000};
+	CHECK_EQ_INT(ap_entry_encode(&b, 1, &e, &why), BG_ERR_INVAL);
+	ap_buf_release(&b);
+}
+
+/* A scripted import source: a directory, a 3 MiB file, a symlink. */
+struct src3 {
+	int i;
+	uint64_t size, left;
+	unsigned char chunk[65536];
+};
+
+static int src3_next(void *arg, struct ap_entry *e, char **errmsg)
+{
+	struct src3 *s = arg;
+	switch (s->i++) {
+	case 0:
+		*e = (struct ap_entry){.path = "d", .type = AP_E_DIR, .mode = 0755};
+		return 1;
+	case 1:
+		*e = (struct ap_entry){.path = "d/f", .type = AP_E_REG, .mode = 0644,
+				       .size = s->size ? s->size : 3u << 20};
+		s->left = e->size;
+		return 1;
+	case 2:
+		*e = (struct ap_entry){.path = "l", .type = AP_E_SYMLINK, .link = "../outside"};
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static int64_t src3_read(void *arg, void *buf, size_t cap, char **errmsg)
+{
+	struct src3 *s = arg;
+	size_t n = cap > s->left ? (size_t)s->left : cap;
+	for (size_t off = 0; off < n; off += sizeof(s->chunk))
+		memcpy((char *)buf + off, s->chunk, n - off < sizeof(s->chunk) ? n - off : sizeof(s->chunk));
+	s->left -= n;
+	return (int64_t)n;
+}
+
+TEST(agent_host_import)
+{
+	struct sess s;
+	struct src3 src;
+	struct agent_import_stats st;
+	char *err = NULL;
+	memset(&src, 0, sizeof(src));
+	struct agent_import_ops ops = {.next = src3_next, .read = src3_read, .arg = &src,
+				       .timeout_us = 10000000};
+	REQUIRE(sess_start(&s, SCRIPT_IMPORT, 5000000, &err) == 0);
+	CHECK_EQ_INT(agent_import(s.conn, "/dst", &ops, &st, &err), 0);
+	CHECK(err == NULL);
+	CHECK_EQ_INT(st.entries, 3);
+	CHECK_EQ_INT(st.bytes, 3u << 20);
+	/* a relative destination is refused before anything is sent */
+	CHECK_EQ_INT(agent_import(s.conn, "dst", &ops, &st, &err), BG_ERR_INVAL);
+	CHECK_STR_CONTAINS(err, "not an absolute guest path");
+	free(err);
+	err = NULL;
+	sess_end(&s);
+	CHECK_EQ_STR(s.f.dest, "/dst");
+	CHECK_EQ_INT(s.f.dest_type, AP_E_DIR);
+	CHECK_EQ_INT(s.f.entries, 3);
+	CHECK_EQ_INT(s.f.bytes, 3u << 20);
+	CHECK_EQ_INT(s.f.max_data, AP_MAX_PAYLOAD); /* 1 MiB frames, never more */
+	CHECK_EQ_INT(s.f.data_frames, 3);
+}
+
+TEST(agent_host_import_refusals)
+{
+	struct sess s;
+	struct src3 src;
+	char *err = NULL;
+	memset(&src, 0, sizeof(src));
+	struct agent_import_ops ops = {.next = src3_next, .read = src3_read, .arg = &src,
+				       .timeout_us = 10000000};
+	/* an agent older than protocol 3: refused with a clear message, nothing sent */
+	REQUIRE(sess_start(&s, SCRIPT_OLD_AGENT, 5000000, &err) == 0);
+	CHECK_EQ_INT(agent_info(s.conn)->version, 2);
+	CHECK_EQ_INT(agent_import(s.conn, "/dst", &ops, NULL, &err), BG_ERR_UNSUPPORTED);
+	CHECK_STR_CONTAINS(err, "speaks protocol 2, which has no IMPORT");
+	CHECK_EQ_INT(agent_conn_error(s.conn), 0);
+	sess_end(&s);
+	CHECK_EQ_STR(s.f.dest, "");
+	CHECK_EQ_INT(s.f.entries, 0);
+	/* the agent refuses mid-stream: its message, the host stops sending,
+	 * the link stays usable */
+	memset(&src, 0, sizeof(src));
+	src.size = 256u << 20;
+	REQUIRE(sess_start(&s, SCRIPT_IMPORT_REFUSE, 5000000, &err) == 0);
+	CHECK_EQ_INT(agent_import(s.conn, "/dst", &ops, NULL, &err), BG_ERR_PERM);
+	CHECK_STR_CONTAINS(err, "is a symlink in the guest; refused");
+	CHECK_EQ_INT(agent_conn_error(s.conn), 0);
+	free(err);
+	sess_end(&s);
+	CHECK(s.f.entries >= 2);
+	CHECK(s.f.bytes < 256u << 20); /* stopped before the whole file went */
+	CHECK(!s.f.signalled);       /* the agent had ended it: no cancel needed */
 }

@@ -18,6 +18,9 @@
 	X(agent_host_refuses_garbage) \
 	X(agent_host_handshake)       \
 	X(agent_host_timeout_kills)   \
+	X(agent_proto_entry_encode)   \
+	X(agent_host_import)          \
+	X(agent_host_import_refusals) \
 	/* tests/unit/test_workspace.c */ \
 	X(workspace_exclude_patterns) \
 	X(workspace_entry_codec)      \
