@@ -78,6 +78,10 @@
 	/* tests/unit/test_vm.c */     \
 	X(vm_name_rules)              \
 	X(vm_kinds_registered)        \
+	/* tests/unit/test_cowdisk.c */ \
+	X(cowdisk_sparse_copy_keeps_holes) \
+	X(cowdisk_reflink_or_clean_fallback) \
+	X(cowdisk_refusals)           \
 	/* tests/unit/test_queue.c */  \
 	X(queue_migrations_applied)   \
 	X(queue_fencing_by_epoch)     \
