@@ -750,7 +750,10 @@ int fc_adopt(const char *run_dir, struct fc_vm **out, char **errmsg)
 		goto fail;
 	}
 	vm->pidfd = pidfd_open_(vm->pid);
-	if (vm->pidfd < 0) {
+	/* a pidfd that is readable already: it exited (a zombie not yet reaped
+	 * by whoever inherited it) */
+	struct pollfd pf = {vm->pidfd, POLLIN, 0};
+	if (vm->pidfd < 0 || poll(&pf, 1, 0) > 0) {
 		errmsg_set(errmsg, "firecracker (pid %d) of '%s' is not running", (int)vm->pid,
 			   run_dir);
 		goto fail;
