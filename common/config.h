@@ -50,6 +50,8 @@ struct bg_config {
 			      * directory bangerd ends up with, flags included) */
 	char *agent_path;    /* the static banger-agent that kernel import puts in
 			      * initramfses; NULL: banger-agent next to bangerd */
+	char *firecracker_path; /* Firecracker's binary; NULL: firecracker from PATH */
+	char *jailer_path;   /* its jailer; NULL: jailer from PATH */
 };
 
 /*

@@ -216,3 +216,32 @@ f.seek(0); f.write(b'A' * 8192); f.seek(40 << 20); f.write(b'B' * 4096); f.close
 	out=$("$HVT" cowdisk --base "$T/base.raw" --dest "$T/copy.raw" 2>&1) && fail "overwrote a disk"
 	expect_contains "$out" "already exists"
 }
+
+test_fake_firecracker_doctor() {
+	fc_setup
+	# the doctor of a bangerd whose PATH has the fake and a stand-in jailer
+	# (it only checks that they are executables and that kvm is usable)
+	ln -sf /bin/true "$T/bin/jailer"
+	start_daemon
+	b doctor >"$T/doctor.out" 2>&1
+	line=$(grep '^  firecracker' "$T/doctor.out")
+	expect_contains "$line" "$FAKE"
+	expect_contains "$line" "jailer /usr/bin/true"
+	if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+		expect_contains "$line" "firecracker  ok"
+		expect_contains "$line" "vm.create does not choose this driver yet"
+	else
+		expect_contains "$line" "firecracker  no"
+		expect_contains "$line" "/dev/kvm is not usable by this user"
+	fi
+	stop_daemon
+	# without the jailer: not usable, saying so
+	rm "$T/bin/jailer"
+	command -v jailer >/dev/null && return 0 # a real one on this host
+	start_daemon
+	b doctor >"$T/doctor.out" 2>&1
+	line=$(grep '^  firecracker' "$T/doctor.out")
+	expect_contains "$line" "firecracker  no"
+	expect_contains "$line" "no jailer in PATH"
+	stop_daemon
+}
