@@ -70,6 +70,8 @@ static const struct ckey keys[] = {
 	{"nat_backend", CT_BACKEND, OFF(nat_backend), 0, 0},
 	{"helper_socket", CT_PATH, OFF(helper_socket), 0, 0},
 	{"agent_path", CT_PATH, OFF(agent_path), 0, 0},
+	{"firecracker_path", CT_PATH, OFF(firecracker_path), 0, 0},
+	{"jailer_path", CT_PATH, OFF(jailer_path), 0, 0},
 	{"max_export_bytes", CT_SIZE, OFF(max_export_bytes), 0, INT64_MAX},
 	{"artifacts_dir", CT_PATH, OFF(artifacts_dir), 0, 0},
 };
@@ -610,6 +612,8 @@ void config_release(struct bg_config *c)
 	free(c->nat_backend);
 	free(c->helper_socket);
 	free(c->agent_path);
+	free(c->firecracker_path);
+	free(c->jailer_path);
 	free(c->artifacts_dir);
 	memset(c, 0, sizeof(*c));
 }

@@ -50,6 +50,8 @@ struct bg_config {
 			      * directory bangerd ends up with, flags included) */
 	char *agent_path;    /* the static banger-agent that kernel import puts in
 			      * initramfses; NULL: banger-agent next to bangerd */
+	char *firecracker_path; /* Firecracker's binary; NULL: firecracker from PATH */
+	char *jailer_path;   /* its jailer; NULL: jailer from PATH */
 
 	/* Workspaces (docs/workspaces.md). */
 	int64_t max_export_bytes; /* a workspace.export's file at most; 0: no limit; 10G */

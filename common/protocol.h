@@ -142,7 +142,8 @@
  *                tun: {usable: bool, detail}, helper: {socket, reachable, detail},
  *                agent: {path, present}, kernels: [str], qemu_img: bool }
  *   What this host can run: the QEMU driver with the accelerator its probe
- *   picks (KVM only when KVM can boot the guest), Firecracker (not built).
+ *   picks (KVM only when KVM can boot the guest), Firecracker (its binary,
+ *   usable KVM, its jailer: usable only when all three hold).
  */
 #define BG_M_DOCTOR "doctor"
 

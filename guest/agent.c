@@ -2339,7 +2339,8 @@ static int pid1_main(void)
 	init_network(&c);
 	if (setup_signals() < 0)
 		agent_log("signalfd: %s", strerror(errno));
-	int port = open_port(c.port, 10000);
+	/* banger.port=none: no virtio-serial port (Firecracker: vsock only) */
+	int port = strcmp(c.port, "none") != 0 ? open_port(c.port, 10000) : -1;
 	if (port < 0)
 		agent_log("virtio-serial port '%s' not found", c.port);
 	else

@@ -20,3 +20,10 @@ $(B)/kernel-tool: $(call obj,tests/tools/kernel_tool.c $(TKIND_SRC)) $(CORE_OBJ)
 
 $(B)/vm-tool: $(call obj,tests/tools/vm_tool.c $(TKIND_SRC)) $(CORE_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# hv-tool: both hypervisor drivers through worker/hv.h, and cowdisk; run by
+# tests/integration/t_firecracker.sh against tests/tools/fake_firecracker.py
+BINS += $(B)/hv-tool
+
+$(B)/hv-tool: $(call obj,tests/tools/hv_tool.c $(TKIND_SRC)) $(CORE_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -278,6 +278,7 @@ int main(int argc, char **argv)
 	engine_init(loop, q, &eo);
 	vms_init(loop, q, &cfg, node);
 	vmrpc_init(loop, q, cfg.state_dir, cfg.runtime_dir);
+	vmrpc_set_firecracker(cfg.firecracker_path, cfg.jailer_path);
 	if ((rc = engine_start(was_clean))) {
 		fprintf(stderr, "bangerd: recovery failed: %s (%s)\n", bg_strerror(rc), q->errmsg);
 		return 1;

@@ -25,6 +25,7 @@
 #include "queue.h"
 #include "server.h"
 #include "util.h"
+#include "firecracker.h"
 #include "vm.h"
 #include "vmrpc.h"
 
@@ -32,6 +33,7 @@ static struct {
 	uv_loop_t *loop;
 	struct queue *q;
 	char *state_dir, *runtime_dir;
+	char *firecracker_path, *jailer_path; /* config; NULL: from PATH */
 } R;
 
 void vmrpc_init(uv_loop_t *loop, struct queue *q, const char *state_dir, const char *runtime_dir)
@@ -40,6 +42,14 @@ void vmrpc_init(uv_loop_t *loop, struct queue *q, const char *state_dir, const c
 	R.q = q;
 	R.state_dir = xstrdup(state_dir);
 	R.runtime_dir = xstrdup(runtime_dir);
+}
+
+void vmrpc_set_firecracker(const char *firecracker_path, const char *jailer_path)
+{
+	free(R.firecracker_path);
+	free(R.jailer_path);
+	R.firecracker_path = firecracker_path ? xstrdup(firecracker_path) : NULL;
+	R.jailer_path = jailer_path ? xstrdup(jailer_path) : NULL;
 }
 
 /* Answer with a packed result and free it. */
@@ -216,7 +226,9 @@ static void doctor(struct pool_op *op)
 	msgpack_pack_map(pk, 7);
 
 	/* drivers */
-	char *qemu = in_path("qemu-system-x86_64"), *fc = in_path("firecracker");
+	char *qemu = in_path("qemu-system-x86_64");
+	/* the QEMU driver's KVM probe, when it ran: can KVM boot a guest here? */
+	bool kvm_probed = false, kvm_boots = false;
 	mpk_pack_str(pk, "drivers");
 	msgpack_pack_array(pk, 2);
 	msgpack_pack_map(pk, 4);
@@ -243,6 +255,8 @@ static void doctor(struct pool_op *op)
 			rmdir(run);
 		}
 		mpk_kv_bool(pk, "usable", true);
+		kvm_probed = nk > 0 && kvm_open;
+		kvm_boots = acc == QEMU_ACCEL_KVM;
 		if (known)
 			mpk_kv_str(pk, "accel", qemu_accel_name(acc));
 		else
@@ -266,15 +280,46 @@ static void doctor(struct pool_op *op)
 		free(err);
 		err = NULL;
 	}
+	/* Firecracker: its binary, KVM (it has no emulation), its jailer */
+	char *fc = fc_which(R.firecracker_path ? R.firecracker_path : "firecracker");
+	char *jl = fc_which(R.jailer_path ? R.jailer_path : "jailer");
+	bool fc_kvm = access("/dev/kvm", R_OK | W_OK) == 0 && (!kvm_probed || kvm_boots);
 	msgpack_pack_map(pk, 4);
 	mpk_kv_str(pk, "name", "firecracker");
-	mpk_kv_bool(pk, "usable", false);
-	mpk_kv_nil(pk, "accel");
-	char *fcd = fc ? xasprintf("installed at %s, but this banger has no Firecracker driver "
-				   "yet (docs/vms.md)", fc)
-		       : xstrdup("not installed (and this banger has no Firecracker driver yet)");
-	mpk_kv_str(pk, "detail", fcd);
-	free(fcd);
+	mpk_kv_bool(pk, "usable", fc && fc_kvm && jl);
+	if (fc && fc_kvm && jl)
+		mpk_kv_str(pk, "accel", "kvm");
+	else
+		mpk_kv_nil(pk, "accel");
+	struct sb fd_;
+	sb_init(&fd_);
+	if (fc)
+		sb_addf(&fd_, "%s", fc);
+	else if (R.firecracker_path)
+		sb_addf(&fd_, "'%s' (firecracker_path) is not an executable", R.firecracker_path);
+	else
+		sb_adds(&fd_, "not installed: firecracker is not in PATH (not packaged by Debian: "
+			      "install its release binary, or set firecracker_path)");
+	if (access("/dev/kvm", R_OK | W_OK) != 0)
+		sb_adds(&fd_, "; /dev/kvm is not usable by this user (firecracker needs kvm)");
+	else if (kvm_probed && !kvm_boots)
+		sb_adds(&fd_, "; kvm cannot boot guests on this host (the qemu driver's probe)");
+	else if (!kvm_probed)
+		sb_adds(&fd_, "; /dev/kvm opens (whether it boots a guest is known once a kernel "
+			      "is imported)");
+	else
+		sb_adds(&fd_, "; kvm boots guests");
+	if (jl)
+		sb_addf(&fd_, "; jailer %s", jl);
+	else if (R.jailer_path)
+		sb_addf(&fd_, "; '%s' (jailer_path) is not an executable", R.jailer_path);
+	else
+		sb_adds(&fd_, "; no jailer in PATH");
+	if (fc && fc_kvm && jl)
+		sb_adds(&fd_, " (vm.create does not choose this driver yet)");
+	mpk_kv_str(pk, "detail", fd_.buf);
+	sb_release(&fd_);
+	free(jl);
 
 	/* /dev/kvm */
 	mpk_pack_str(pk, "kvm");

@@ -19,6 +19,10 @@ struct queue;
 void vmrpc_init(uv_loop_t *loop, struct queue *q, const char *state_dir,
 		const char *runtime_dir);
 
+/* The config's firecracker_path and jailer_path (NULL: looked up in PATH),
+ * for doctor.  Before the server starts. */
+void vmrpc_set_firecracker(const char *firecracker_path, const char *jailer_path);
+
 void vmrpc_vm_list(struct conn *c, uint32_t id, const msgpack_object *params);
 void vmrpc_vm_show(struct conn *c, uint32_t id, const msgpack_object *params);
 void vmrpc_kernel_import(struct conn *c, uint32_t id, const msgpack_object *params);

@@ -448,14 +448,19 @@ TEST(config_vm_keys)
 	CHECK_EQ_INT(config_load(path, &c, &err), 0);
 	CHECK(c.helper_socket == NULL); /* bangerd derives it from its runtime dir */
 	CHECK(c.agent_path == NULL);
+	CHECK(c.firecracker_path == NULL);
 	config_release(&c);
 	free(path);
 
 	path = test_write_file("cfg/vm.yaml", "helper_socket: /run/banger/banger-helper.sock\n"
-					      "agent_path: /usr/lib/banger/banger-agent\n");
+					      "agent_path: /usr/lib/banger/banger-agent\n"
+					      "firecracker_path: /opt/fc/firecracker\n"
+					      "jailer_path: /opt/fc/jailer\n");
 	CHECK_EQ_INT(config_load(path, &c, &err), 0);
 	CHECK_EQ_STR(c.helper_socket, "/run/banger/banger-helper.sock");
 	CHECK_EQ_STR(c.agent_path, "/usr/lib/banger/banger-agent");
+	CHECK_EQ_STR(c.firecracker_path, "/opt/fc/firecracker");
+	CHECK_EQ_STR(c.jailer_path, "/opt/fc/jailer");
 	config_release(&c);
 	free(path);
 

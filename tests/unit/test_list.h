@@ -81,6 +81,15 @@
 	/* tests/unit/test_vm.c */     \
 	X(vm_name_rules)              \
 	X(vm_kinds_registered)        \
+	/* tests/unit/test_cowdisk.c */ \
+	X(cowdisk_sparse_copy_keeps_holes) \
+	X(cowdisk_reflink_or_clean_fallback) \
+	X(cowdisk_refusals)           \
+	/* tests/unit/test_firecracker.c */ \
+	X(fc_plan_bodies)             \
+	X(fc_plan_minimal_and_refusals) \
+	X(fc_plan_jailer_argv_and_paths) \
+	X(hv_driver_names_and_qcow2_refused) \
 	/* tests/unit/test_queue.c */  \
 	X(queue_migrations_applied)   \
 	X(queue_fencing_by_epoch)     \
