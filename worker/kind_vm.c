@@ -67,6 +67,8 @@
 #include "kind.h"
 #include "log.h"
 #include "mpk.h"
+#include "cowdisk.h"
+#include "hv.h"
 #include "qemu.h"
 #include "queue.h"
 #include "util.h"
@@ -106,7 +108,7 @@ struct live {
 	int refs;      /* the list's one, plus each user's */
 	bool unlinked; /* no longer in the list */
 	pthread_mutex_t mu; /* connecting, stopping */
-	struct qemu_vm *qemu;
+	struct hv_vm *hv;
 	struct agent_conn *conn;
 	struct agent_conn **old; /* broken connections, closed at the end */
 	size_t nold;
@@ -129,6 +131,7 @@ static struct {
 	int prefix;
 	int64_t max_export_bytes;
 	char *artifacts_dir;
+	char *firecracker_bin, *jailer_bin;
 	pthread_mutex_t mu; /* notes, resvs, lives, posts */
 	struct note *notes;
 	struct resv *resvs;
@@ -349,8 +352,8 @@ static void live_free(struct live *l)
 	for (size_t i = 0; i < l->nold; i++)
 		agent_close(l->old[i]);
 	free(l->old);
-	if (l->qemu)
-		qemu_destroy(l->qemu);
+	if (l->hv)
+		hv_destroy(l->hv);
 	pthread_mutex_destroy(&l->mu);
 	free(l);
 }
@@ -385,13 +388,13 @@ static void live_remove(int64_t id)
 
 /* Hold qemu (taken) as the VM id's; returns the entry with a reference for
  * the caller. */
-static struct live *live_add(int64_t id, struct qemu_vm *qemu)
+static struct live *live_add(int64_t id, struct hv_vm *hv)
 {
 	live_remove(id);
 	struct live *l = xcalloc(1, sizeof(*l));
 	l->id = id;
 	l->refs = 2;
-	l->qemu = qemu;
+	l->hv = hv;
 	pthread_mutex_init(&l->mu, NULL);
 	pthread_mutex_lock(&V.mu);
 	l->next = V.lives;
@@ -422,8 +425,8 @@ static int live_find(int64_t id, const char *run_dir, struct live **out, char **
 		*out = l;
 		return 0;
 	}
-	struct qemu_vm *qv;
-	int rc = qemu_adopt(run_dir, &qv, err);
+	struct hv_vm *qv;
+	int rc = hv_adopt(run_dir, &qv, err);
 	if (rc)
 		return rc;
 	*out = live_add(id, qv);
@@ -443,11 +446,10 @@ static int live_conn(struct live *l, int64_t timeout_us, struct agent_conn **out
 		l->conn = NULL;
 	}
 	if (!l->conn) {
-		if (!qemu_running(l->qemu))
+		if (!hv_running(l->hv))
 			rc = BG_ERR_CLOSED;
 		else
-			rc = agent_connect(qemu_agent_sock(l->qemu), timeout_us, qemu_pidfd(l->qemu),
-					   &l->conn, err);
+			rc = hv_connect_agent(l->hv, timeout_us, &l->conn, err);
 	}
 	*out = l->conn;
 	pthread_mutex_unlock(&l->mu);
@@ -923,6 +925,8 @@ static int reserve_plan(struct step_ctx *ctx, msgpack_packer *undo)
 	char *vm_name = mpk_dup_str(ctx->params, "vm_name");
 	char *image = mpk_dup_str(ctx->params, "image");
 	char *network = mpk_dup_str(ctx->params, "network");
+	char *hyp = mpk_dup_str(ctx->params, "hypervisor");
+	enum hv_driver driver = HV_QEMU;
 	char name[VM_NAME_MAX + 1];
 	int64_t vcpus = VM_DEFAULT_VCPUS, memory = VM_DEFAULT_MEMORY;
 	struct q_image img = {0};
@@ -963,6 +967,11 @@ static int reserve_plan(struct step_ctx *ctx, msgpack_packer *undo)
 			       h);
 		free(m);
 		free(h);
+		goto out;
+	}
+	if (hyp && hv_driver_parse(hyp, &driver) != 0) {
+		rc = step_fail(ctx, BG_ERR_INVAL, true,
+			       "hypervisor '%.64s' is not 'qemu' (the default) or 'firecracker'", hyp);
 		goto out;
 	}
 	/* a bad `workspace:` fails here, before anything is made */
@@ -1041,8 +1050,9 @@ static int reserve_plan(struct step_ctx *ctx, msgpack_packer *undo)
 	msgpack_packer pk;
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 7);
+	msgpack_pack_map(&pk, 8);
 	mpk_kv_str(&pk, "name", name);
+	mpk_kv_str(&pk, "driver", hv_driver_name(driver));
 	mpk_kv_str(&pk, "address", addr ? a : NULL);
 	mpk_kv_str(&pk, "image", img.digest);
 	mpk_kv_str(&pk, "rootfs", img.rootfs);
@@ -1061,6 +1071,7 @@ out:
 	free(vm_name);
 	free(image);
 	free(network);
+	free(hyp);
 	return rc;
 }
 
@@ -1140,11 +1151,15 @@ static int reserve_do(struct step_ctx *ctx)
 	mpk_get_bool(n, "nic", &nic);
 	mpk_get_int(ctx->params, "boot_timeout", &boot);
 	char *run_dir = run_dir_of(id), *dir = disk_dir_of(id);
-	char *overlay = xasprintf("%s/root.qcow2", dir);
+	char *drv = mpk_dup_str(n, "driver");
+	bool fc = drv && !strcmp(drv, "firecracker");
+	/* QEMU: a qcow2 overlay; Firecracker takes raw disks only */
+	char *overlay = xasprintf("%s/%s", dir, fc ? "root.raw" : "root.qcow2");
 	char *tap = nic ? tap_name(id) : NULL;
 	msgpack_packer *pk = &ctx->result;
-	msgpack_pack_map(pk, 16);
+	msgpack_pack_map(pk, 17);
 	mpk_kv_int(pk, "vm", id);
+	mpk_kv_str(pk, "driver", drv ? drv : "qemu");
 	mpk_pack_str(pk, "name");
 	pack_copy(pk, n, "name");
 	mpk_pack_str(pk, "address");
@@ -1174,6 +1189,7 @@ static int reserve_do(struct step_ctx *ctx)
 	free(dir);
 	free(overlay);
 	free(tap);
+	free(drv);
 	kernel_info_release(&ki);
 	note_done(&note);
 	return 0;
@@ -1268,14 +1284,28 @@ static int disk_do(struct step_ctx *ctx)
 		goto done;
 	}
 	unlink(overlay); /* a half-made one from before a crash */
-	char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-			rootfs, overlay, NULL};
-	rc = run_tool(ctx, argv, TOOL_TIMEOUT_US, &out);
-	if (rc) {
-		rc = step_fail(ctx, rc, rc != BG_ERR_CANCELED && rc != BG_ERR_TIMEDOUT,
-			       "qemu-img create of '%s' failed: %s", overlay,
-			       out && *out ? out : bg_strerror(rc));
-		goto done;
+	const msgpack_object *drv = mpk_get(r, "driver");
+	if (mpk_str_eq(drv, "firecracker")) {
+		/* raw: a reflink where the file system has them, else a sparse
+		 * copy (dm-snapshot needs device-mapper: docs/vms.md) */
+		struct cowdisk_result cr;
+		if ((rc = cowdisk_create(rootfs, overlay, 0, &cr, &out))) {
+			rc = step_fail(ctx, rc, rc == BG_ERR_NOENT, "%s", out ? out : bg_strerror(rc));
+			goto done;
+		}
+		step_logf(ctx, "root disk %s: %s of the image (%llu MiB copied)", overlay,
+			  cr.method == COWDISK_REFLINK ? "a reflink" : "a sparse copy",
+			  (unsigned long long)(cr.copied >> 20));
+	} else {
+		char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+				rootfs, overlay, NULL};
+		rc = run_tool(ctx, argv, TOOL_TIMEOUT_US, &out);
+		if (rc) {
+			rc = step_fail(ctx, rc, rc != BG_ERR_CANCELED && rc != BG_ERR_TIMEDOUT,
+				       "qemu-img create of '%s' failed: %s", overlay,
+				       out && *out ? out : bg_strerror(rc));
+			goto done;
+		}
 	}
 	msgpack_pack_map(&ctx->result, 1);
 	mpk_kv_str(&ctx->result, "overlay", overlay);
@@ -1527,8 +1557,10 @@ static int start_do(struct step_ctx *ctx)
 	char *overlay = mpk_dup_str(r, "overlay"), *tap = mpk_dup_str(r, "tap");
 	char *address = mpk_dup_str(r, "address");
 	char *ws_image = ws_made(ctx) ? mpk_dup_str(ws_made(ctx), "image") : NULL;
+	enum hv_driver driver = mpk_str_eq(mpk_get(r, "driver"), "firecracker") ? HV_FIRECRACKER
+										 : HV_QEMU;
 	char *ip = NULL, *append = NULL, *err = NULL, *mac = NULL;
-	struct qemu_vm *qv = NULL;
+	struct hv_vm *qv = NULL;
 	struct live *l = NULL;
 	int rc;
 	mpk_get_int(r, "vcpus", &vcpus);
@@ -1538,9 +1570,9 @@ static int start_do(struct step_ctx *ctx)
 		goto out;
 	}
 	/* resumed after a crash: the QEMU it started may still run */
-	if (qemu_adopt(run_dir, &qv, &err) == 0) {
-		step_logf(ctx, "qemu of vm '%s' still runs (pid %d): keeping it", name,
-			  (int)qemu_pid(qv));
+	if (hv_adopt(run_dir, &qv, &err) == 0) {
+		step_logf(ctx, "the %s of vm '%s' still runs (pid %d): keeping it",
+			  hv_driver_name(hv_driver_of(qv)), name, (int)hv_pid(qv));
 		l = live_add(id, qv);
 		goto started;
 	}
@@ -1558,13 +1590,14 @@ static int start_do(struct step_ctx *ctx)
 	mac = xasprintf("52:54:00:%02x:%02x:%02x", (unsigned)((id >> 16) & 255),
 			(unsigned)((id >> 8) & 255), (unsigned)(id & 255));
 	append = xasprintf("banger.hostname=%s", name);
-	struct qemu_config cfg = {
+	struct hv_config cfg = {
+		.driver = driver,
 		.name = name,
 		.run_dir = run_dir,
 		.kernel = vmlinuz,
 		.initrd = initrd,
 		.rootfs = overlay,
-		.rootfs_format = "qcow2",
+		.rootfs_format = driver == HV_FIRECRACKER ? "raw" : "qcow2",
 		.extra_disk = ws_image,
 		.tap = tap,
 		.mac = tap ? mac : NULL,
@@ -1575,19 +1608,23 @@ static int start_do(struct step_ctx *ctx)
 		.accel = QEMU_ACCEL_AUTO,
 		.probe_cache = V.probe_cache,
 		.append = append,
+		.firecracker_bin = V.firecracker_bin,
+		.jailer_bin = V.jailer_bin,
+		.jail_uid = (unsigned)getuid(),
+		.jail_gid = (unsigned)getgid(),
 	};
-	if ((rc = qemu_start(&cfg, &qv, &err))) {
+	if ((rc = hv_start(&cfg, &qv, &err))) {
 		rc = step_fail(ctx, rc, rc == BG_ERR_INVAL || rc == BG_ERR_NOENT, "%s",
 			       err ? err : bg_strerror(rc));
 		goto out;
 	}
 	l = live_add(id, qv);
-	step_logf(ctx, "qemu started (pid %d, %s)", (int)qemu_pid(qv),
-		  qemu_accel_name(qemu_vm_accel(qv)));
+	step_logf(ctx, "%s started (pid %d, %s)", hv_driver_name(driver), (int)hv_pid(qv),
+		  hv_accel_name(qv));
 started:
 	msgpack_pack_map(&ctx->result, 2);
-	mpk_kv_int(&ctx->result, "pid", qemu_pid(l->qemu));
-	mpk_kv_str(&ctx->result, "accel", qemu_accel_name(qemu_vm_accel(l->qemu)));
+	mpk_kv_int(&ctx->result, "pid", hv_pid(l->hv));
+	mpk_kv_str(&ctx->result, "accel", hv_accel_name(l->hv));
 	live_put(l);
 	rc = 0;
 out:
@@ -1619,7 +1656,7 @@ static int start_undo(struct step_ctx *ctx, const msgpack_object *rec)
 	struct live *l = live_get(id);
 	if (l) {
 		pthread_mutex_lock(&l->mu);
-		qemu_kill(l->qemu);
+		hv_kill(l->hv);
 		pthread_mutex_unlock(&l->mu);
 		live_remove(id);
 		live_put(l);
@@ -1628,6 +1665,13 @@ static int start_undo(struct step_ctx *ctx, const msgpack_object *rec)
 	if (rc) {
 		rc = step_fail(ctx, rc, false, "cannot stop the qemu of '%s': %s", run_dir,
 			       err ? err : bg_strerror(rc));
+		free(err);
+		free(run_dir);
+		return rc;
+	}
+	if ((rc = hv_cleanup(run_dir, &err))) {
+		rc = step_fail(ctx, rc, false, "cannot clean up after the hypervisor of '%s': %s",
+			       run_dir, err ? err : bg_strerror(rc));
 		free(err);
 		free(run_dir);
 		return rc;
@@ -1662,7 +1706,7 @@ static int wait_do(struct step_ctx *ctx)
 		agent_close(l->conn);
 		l->conn = NULL;
 	}
-	rc = qemu_wait_agent(l->qemu, boot, &l->conn, &err);
+	rc = hv_wait_agent(l->hv, boot, &l->conn, &err);
 	struct agent_conn *conn = l->conn;
 	pthread_mutex_unlock(&l->mu);
 	if (rc) {
@@ -1699,8 +1743,8 @@ static int wait_do(struct step_ctx *ctx)
 	pack_copy(pk, r, "name");
 	mpk_pack_str(pk, "address");
 	pack_copy(pk, r, "address");
-	mpk_kv_int(pk, "pid", qemu_pid(l->qemu));
-	mpk_kv_str(pk, "accel", qemu_accel_name(qemu_vm_accel(l->qemu)));
+	mpk_kv_int(pk, "pid", hv_pid(l->hv));
+	mpk_kv_str(pk, "accel", hv_accel_name(l->hv));
 	mpk_kv_int(pk, "wait_ms", boot_ms);
 	mpk_kv_int(pk, "guest_uptime_ms", ai->uptime_ms);
 	mpk_kv_str(pk, "guest_kernel", ai->kernel);
@@ -1879,9 +1923,10 @@ static int exec_env(struct step_ctx *ctx, char ***out)
 static char *gone_reason(struct live *l, int64_t vm, const char *name)
 {
 	/* QEMU closes its sockets while it exits: give the exit a moment */
-	if (qemu_wait_exit(l->qemu, 2000000) != 0)
+	if (hv_wait_exit(l->hv, 2000000) != 0)
 		return NULL;
-	char *why = xasprintf("the vm's hypervisor (qemu, pid %d) exited", (int)qemu_pid(l->qemu));
+	char *why = xasprintf("the vm's hypervisor (%s, pid %d) exited",
+			      hv_driver_name(hv_driver_of(l->hv)), (int)hv_pid(l->hv));
 	post_state(vm, VS_STOPPED, why, 0);
 	return why;
 }
@@ -2068,13 +2113,12 @@ static int stop_do(struct step_ctx *ctx)
 	int rc = 0;
 	if (live_find(vm, run_dir, &l, &err) == 0) {
 		pthread_mutex_lock(&l->mu);
-		was_running = qemu_running(l->qemu);
+		was_running = hv_running(l->hv);
 		struct agent_conn *conn = l->conn && agent_conn_error(l->conn) == 0 ? l->conn : NULL;
-		if (was_running && !conn && agent_connect(qemu_agent_sock(l->qemu), 2000000,
-							  qemu_pidfd(l->qemu), &l->conn, NULL) == 0)
+		if (was_running && !conn && hv_connect_agent(l->hv, 2000000, &l->conn, NULL) == 0)
 			conn = l->conn;
 		if (was_running)
-			rc = qemu_stop(l->qemu, conn, grace, &graceful, &err);
+			rc = hv_stop(l->hv, conn, grace, &graceful, &err);
 		pthread_mutex_unlock(&l->mu);
 		live_remove(vm);
 		live_put(l);
@@ -2239,6 +2283,7 @@ static const struct kind_field vm_create_fields[] = {
 	{"network", FT_STR, false},
 	{"boot_timeout", FT_DURATION, false},
 	{"workspace", FT_ANY, false},
+	{"hypervisor", FT_STR, false},
 	{NULL},
 };
 
@@ -2339,6 +2384,8 @@ int vms_init(uv_loop_t *loop, struct queue *q, const struct bg_config *cfg, cons
 	V.probe_cache = xasprintf("%s/kvm-probe", cfg->runtime_dir);
 	V.max_export_bytes = cfg->max_export_bytes;
 	V.artifacts_dir = cfg->artifacts_dir ? xstrdup(cfg->artifacts_dir) : NULL;
+	V.firecracker_bin = cfg->firecracker_path ? xstrdup(cfg->firecracker_path) : NULL;
+	V.jailer_bin = cfg->jailer_path ? xstrdup(cfg->jailer_path) : NULL;
 	V.prefix = cfg->net_prefix;
 	V.mask = cfg->net_prefix ? ~0u << (32 - cfg->net_prefix) : 0;
 	V.net = cfg->net_addr & V.mask;
@@ -2539,13 +2586,13 @@ void vms_recover(void)
 			continue;
 		}
 		char *err = NULL;
-		struct qemu_vm *qv;
-		if (vm->run_dir && qemu_adopt(vm->run_dir, &qv, &err) == 0) {
-			log_info(NULL, 0, "recovery: re-adopted vm '%s' (qemu pid %d)", vm->name,
-				 (int)qemu_pid(qv));
+		struct hv_vm *qv;
+		if (vm->run_dir && hv_adopt(vm->run_dir, &qv, &err) == 0) {
+			log_info(NULL, 0, "recovery: re-adopted vm '%s' (%s pid %d)", vm->name,
+				 hv_driver_name(hv_driver_of(qv)), (int)hv_pid(qv));
 			live_put(live_add(vm->id, qv));
 			if (strcmp(vm->state, VS_RUNNING) != 0)
-				V.q->ops->vm_set_state(V.q, vm->id, VS_RUNNING, qemu_pid(qv), NULL, 0,
+				V.q->ops->vm_set_state(V.q, vm->id, VS_RUNNING, hv_pid(qv), NULL, 0,
 						       now);
 		} else if (!strcmp(vm->state, VS_RUNNING)) {
 			log_warn(NULL, 0, "recovery: vm '%s' is not running any more (%s): recorded "
