@@ -25,6 +25,7 @@ extern const struct args_cmd cmd_vm_list; /* cmd_vm.c */
 extern const struct args_cmd cmd_vm_show;
 extern const struct args_cmd cmd_vm_rm;
 extern const struct args_cmd cmd_vm_exec;
+extern const struct args_cmd cmd_vm_cp;
 extern const struct args_cmd cmd_kernel_import; /* cmd_kernel.c */
 extern const struct args_cmd cmd_kernel_list;
 extern const struct args_cmd cmd_kernel_rm;

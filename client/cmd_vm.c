@@ -8,8 +8,10 @@
  * stderr as the guest wrote them) and exits with its exit code, so it
  * stands in for the command in scripts.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -153,16 +155,20 @@ static int show_run(struct cli *cli, const struct args *a)
 
 /* Submit one job (a JOBDEF packed by the caller after its name and kind:
  * nfields more key/value pairs follow via fill) and return its id. */
-static int submit_one(struct cli *cli, const char *what, const char *kind, uint32_t nfields,
-		      void (*fill)(msgpack_packer *pk, const struct args *a), const struct args *a,
-		      int64_t *job)
+/* submit_one with the directory relative paths are resolved against (dir
+ * NULL: none). */
+static int submit_in(struct cli *cli, const char *what, const char *dir, const char *kind,
+		     uint32_t nfields, void (*fill)(msgpack_packer *pk, const void *arg),
+		     const void *arg, int64_t *job)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 2);
+	msgpack_pack_map(&pk, 2 + (dir != NULL));
 	mpk_kv_str(&pk, "path", what);
+	if (dir)
+		mpk_kv_str(&pk, "dir", dir);
 	mpk_pack_str(&pk, "jobs");
 	msgpack_pack_array(&pk, 1);
 	msgpack_pack_map(&pk, 3 + nfields);
@@ -170,7 +176,7 @@ static int submit_one(struct cli *cli, const char *what, const char *kind, uint3
 	mpk_kv_str(&pk, "kind", kind);
 	/* a command is run once: a retry would run it again */
 	mpk_kv_int(&pk, "max_attempts", 1);
-	fill(&pk, a);
+	fill(&pk, arg);
 	msgpack_unpacked reply;
 	const msgpack_object *result;
 	int st = cli_call(cli, BG_M_JOB_SUBMIT, &sb, what, &reply, &result);
@@ -188,6 +194,13 @@ static int submit_one(struct cli *cli, const char *what, const char *kind, uint3
 	return 0;
 }
 
+static int submit_one(struct cli *cli, const char *what, const char *kind, uint32_t nfields,
+		      void (*fill)(msgpack_packer *pk, const void *arg), const void *arg,
+		      int64_t *job)
+{
+	return submit_in(cli, what, NULL, kind, nfields, fill, arg, job);
+}
+
 enum { RM_GRACE, RM_JSON };
 
 static const struct args_opt rm_opts[] = {
@@ -197,8 +210,9 @@ static const struct args_opt rm_opts[] = {
 	{NULL, 0, NULL, NULL},
 };
 
-static void rm_fill(msgpack_packer *pk, const struct args *a)
+static void rm_fill(msgpack_packer *pk, const void *arg)
 {
+	const struct args *a = arg;
 	mpk_kv_str(pk, "vm", a->pos[0]);
 	if (a->val[RM_GRACE])
 		mpk_kv_str(pk, "grace", a->val[RM_GRACE]);
@@ -226,8 +240,9 @@ static const struct args_opt exec_opts[] = {
 	{NULL, 0, NULL, NULL},
 };
 
-static void exec_fill(msgpack_packer *pk, const struct args *a)
+static void exec_fill(msgpack_packer *pk, const void *arg)
 {
+	const struct args *a = arg;
 	mpk_kv_str(pk, "vm", a->pos[0]);
 	mpk_pack_str(pk, "argv");
 	msgpack_pack_array(pk, (uint32_t)(a->npos - 1));
@@ -354,6 +369,120 @@ const struct args_cmd cmd_vm_show = {
 	.run = show_run,
 };
 
+/* ---- cp ---------------------------------------------------------------------------------- */
+
+enum { CP_JSON };
+
+static const struct args_opt cp_opts[] = {
+	[CP_JSON] = {"json", 0, NULL, "print the job's events as JSON lines"},
+	{NULL, 0, NULL, NULL},
+};
+
+/* "NAME:/path": the VM side of a copy.  *name and *path point into s
+ * (name not terminated: *nlen). */
+static bool vm_side(const char *s, const char **name, size_t *nlen, const char **path)
+{
+	const char *colon = strchr(s, ':');
+	if (!colon || colon == s || colon[1] != '/')
+		return false;
+	for (const char *c = s; c < colon; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-'))
+			return false;
+	*name = s;
+	*nlen = (size_t)(colon - s);
+	*path = colon + 1;
+	return true;
+}
+
+struct cp_req {
+	char *vm, *guest, *host_dir, *host_name, *host_path;
+};
+
+static void cp_out_fill(msgpack_packer *pk, const void *arg)
+{
+	const struct cp_req *r = arg;
+	mpk_kv_str(pk, "vm", r->vm);
+	mpk_kv_str(pk, "path", r->guest);
+	mpk_kv_str(pk, "to", r->host_name);
+}
+
+static void cp_in_fill(msgpack_packer *pk, const void *arg)
+{
+	const struct cp_req *r = arg;
+	mpk_kv_str(pk, "vm", r->vm);
+	mpk_kv_str(pk, "from", r->host_path);
+	mpk_kv_str(pk, "to", r->guest);
+}
+
+static int cp_run(struct cli *cli, const struct args *a)
+{
+	const char *name, *gpath, *src = a->pos[0], *dst = a->pos[1];
+	size_t nlen;
+	bool out = vm_side(src, &name, &nlen, &gpath), in = vm_side(dst, &name, &nlen, &gpath);
+	if (out == in) {
+		cli_error("vm cp: give exactly one side as NAME:/path (a VM and an absolute path "
+			  "in it): banger vm cp ./dir NAME:/path, or banger vm cp NAME:/path ./file.tar");
+		return CLI_EXIT_USAGE;
+	}
+	if (out)
+		vm_side(src, &name, &nlen, &gpath);
+	struct cp_req r = {.vm = xstrndup(name, nlen), .guest = xstrdup(gpath)};
+	const char *local = out ? dst : src;
+	int st = 0;
+	struct stat sb;
+	if (out) {
+		/* into a directory: NAME.tar there; else the file named */
+		char *base = xstrdup(gpath);
+		char *slash;
+		while ((slash = strrchr(base, '/')) && slash[1] == '\0' && slash != base)
+			*slash = '\0';
+		slash = strrchr(base, '/');
+		const char *last = slash && slash[1] ? slash + 1 : "root";
+		if (stat(local, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+			r.host_dir = realpath(local, NULL);
+			r.host_name = xasprintf("%s.tar", last);
+		} else {
+			char *copy = xstrdup(local);
+			char *ls = strrchr(copy, '/');
+			const char *dir = ls ? (ls == copy ? "/" : copy) : ".";
+			if (ls)
+				*ls = '\0';
+			r.host_dir = realpath(dir, NULL);
+			r.host_name = xstrdup(ls ? ls + 1 : local);
+			free(copy);
+		}
+		free(base);
+		if (!r.host_dir) {
+			cli_error("vm cp: the directory of '%s' does not exist: %s", local,
+				  strerror(errno));
+			st = CLI_EXIT_USAGE;
+		}
+	} else {
+		r.host_path = realpath(local, NULL);
+		r.host_dir = realpath(".", NULL);
+		if (!r.host_path) {
+			cli_error("vm cp: '%s': %s", local, strerror(errno));
+			st = CLI_EXIT_USAGE;
+		}
+	}
+	int64_t job = 0;
+	if (!st) {
+		st = submit_in(cli, "vm cp", r.host_dir, out ? "workspace.export" : "workspace.import",
+			       3, out ? cp_out_fill : cp_in_fill, &r, &job);
+	}
+	if (!st) {
+		struct tail_req req = {
+			.id = job, .from = 1, .follow = true, .json = a->val[CP_JSON] != NULL};
+		st = tail_run(cli, &req);
+	}
+	free(r.vm);
+	free(r.guest);
+	free(r.host_dir);
+	free(r.host_name);
+	free(r.host_path);
+	return st;
+}
+
 const struct args_cmd cmd_vm_rm = {
 	.name = "vm rm",
 	.synopsis = "NAME [--grace DURATION] [--json]",
@@ -365,6 +494,22 @@ const struct args_cmd cmd_vm_rm = {
 	.min_pos = 1,
 	.max_pos = 1,
 	.run = rm_run,
+};
+
+const struct args_cmd cmd_vm_cp = {
+	.name = "vm cp",
+	.synopsis = "SRC DST [--json]",
+	.summary = "Copy a directory or file into a VM, or a VM's directory out as a tar archive.",
+	.details = "One side is NAME:/path, a VM and an absolute path in it.\n"
+		   "  banger vm cp ./dir NAME:/path   a workspace.import job: ./dir (or a file)\n"
+		   "                                  lands at /path in the guest, as cp -r does\n"
+		   "  banger vm cp NAME:/path out.tar a workspace.export job: the guest directory\n"
+		   "                                  as a tar archive (into a directory: NAME.tar)\n"
+		   "Follows the job as 'job tail' does and exits with its status.\n",
+	.opts = cp_opts,
+	.min_pos = 2,
+	.max_pos = 2,
+	.run = cp_run,
 };
 
 const struct args_cmd cmd_vm_exec = {

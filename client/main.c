@@ -38,7 +38,7 @@ static const struct args_cmd *const commands[] = {
 	&cmd_job_retry,  &cmd_job_tail, &cmd_oplog,    &cmd_ping,
 	&cmd_system_install, &cmd_image_list, &cmd_image_show, &cmd_image_rm,
 	&cmd_image_cache_prune,
-	&cmd_vm_list, &cmd_vm_show, &cmd_vm_rm, &cmd_vm_exec,
+	&cmd_vm_list, &cmd_vm_show, &cmd_vm_rm, &cmd_vm_exec, &cmd_vm_cp,
 	&cmd_kernel_import, &cmd_kernel_list, &cmd_kernel_rm, &cmd_doctor,
 };
 

@@ -38,6 +38,7 @@ void kinds_register_shipped(void)
 	kinds_register(&kind_vm_exec);
 	kinds_register(&kind_vm_delete);
 	kinds_register(&kind_workspace_export);
+	kinds_register(&kind_workspace_import);
 }
 
 const struct kind *kinds_at(size_t i)

@@ -102,5 +102,6 @@ extern const struct kind kind_vm_create; /* kind_vm.c */
 extern const struct kind kind_vm_exec;
 extern const struct kind kind_vm_delete;
 extern const struct kind kind_workspace_export; /* kind_workspace.c */
+extern const struct kind kind_workspace_import;
 
 #endif

@@ -16,6 +16,16 @@
  *
  * The failpoint "workspace.export/export:streaming" is hit about every
  * 100 ms while the archive streams (the crash tests use it).
+ *
+ * workspace.import (banger vm cp ./dir NAME:/path): copy a host directory
+ * or file into a running VM through the agent's IMPORT (import_dir).
+ *
+ *   import   plan: `vm:` resolved, `to` absolute, `from` resolvable, the
+ *            exclude patterns valid.  No undo record: the guest's files are
+ *            the VM's, and an import is not transactional (a failed one may
+ *            leave part of the tree; the agent never leaves a temporary).
+ *            Resumable: after a crash the copy runs again, and a second
+ *            copy of the same tree lands on the first (files replaced).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -28,6 +38,7 @@
 #include "err.h"
 #include "export.h"
 #include "failpoint.h"
+#include "import.h"
 #include "kind.h"
 #include "mpk.h"
 #include "util.h"
@@ -240,6 +251,157 @@ const struct kind kind_workspace_export = {
 	.fields = export_fields,
 	.steps = export_steps,
 	.nsteps = ARRAY_LEN(export_steps),
+	.retry_interrupted = true,
+	.wants_dir = true,
+};
+
+/* ---- workspace.import ---------------------------------------------------------------- */
+
+struct import_params {
+	char *from; /* absolute */
+	char *to;
+	char **exclude; /* NULL-terminated */
+};
+
+static void import_params_release(struct import_params *p)
+{
+	free(p->from);
+	free(p->to);
+	for (size_t i = 0; p->exclude && p->exclude[i]; i++)
+		free(p->exclude[i]);
+	free(p->exclude);
+	memset(p, 0, sizeof(*p));
+}
+
+static int import_params(struct step_ctx *ctx, struct import_params *p)
+{
+	memset(p, 0, sizeof(*p));
+	char *from = mpk_dup_str(ctx->params, "from");
+	const char *dir = NULL;
+	size_t dlen = 0;
+	mpk_get_str(ctx->params, SPEC_DIR_FIELD, &dir, &dlen);
+	p->to = mpk_dup_str(ctx->params, "to");
+	int rc = 0;
+	if (!from || !*from)
+		rc = step_fail(ctx, BG_ERR_INVAL, true, "'from' must name a host directory or file");
+	else if (from[0] != '/' && !dir)
+		rc = step_fail(ctx, BG_ERR_INVAL, true,
+			       "'from: %.200s' is relative, and this submission names no directory to "
+			       "resolve it against", from);
+	else if (!p->to || p->to[0] != '/')
+		rc = step_fail(ctx, BG_ERR_INVAL, true,
+			       "'to' must be an absolute path in the guest, got '%.200s'",
+			       p->to ? p->to : "");
+	if (!rc)
+		p->from = from[0] == '/' ? xstrdup(from) : xasprintf("%.*s/%s", (int)dlen, dir, from);
+	const msgpack_object *ex = mpk_get(ctx->params, "exclude");
+	size_t n = ex && ex->type == MSGPACK_OBJECT_ARRAY ? ex->via.array.size : 0;
+	p->exclude = xcalloc(n + 1, sizeof(*p->exclude));
+	for (size_t i = 0; i < n && !rc; i++) {
+		const msgpack_object *e = &ex->via.array.ptr[i];
+		const char *why = NULL;
+		p->exclude[i] = e->type == MSGPACK_OBJECT_STR ? xstrndup(e->via.str.ptr, e->via.str.size)
+							      : xstrdup("");
+		if (workspace_exclude_check(p->exclude[i], &why))
+			rc = step_fail(ctx, BG_ERR_INVAL, true, "exclude pattern '%.200s' is refused: %s",
+				       p->exclude[i], why);
+	}
+	free(from);
+	if (rc)
+		import_params_release(p);
+	return rc;
+}
+
+static int import_plan(struct step_ctx *ctx, msgpack_packer *undo)
+{
+	struct import_params p;
+	int rc = import_params(ctx, &p);
+	if (rc)
+		return rc;
+	import_params_release(&p);
+	msgpack_pack_nil(undo);
+	return vm_use_plan(ctx);
+}
+
+static void import_warn(void *arg, enum workspace_skip kind, const char *path, const char *why)
+{
+	step_warnf(arg, "import: '%s' %s", path, why);
+}
+
+static int import_do(struct step_ctx *ctx)
+{
+	struct import_params p;
+	struct vm_use u;
+	int rc = import_params(ctx, &p);
+	if (rc)
+		return rc;
+	if ((rc = vm_use_open(ctx, &u))) {
+		vm_use_close(&u);
+		import_params_release(&p);
+		return rc;
+	}
+	struct import_opts o = {
+		.exclude = (const char *const *)p.exclude,
+		.warn = import_warn,
+		.cancelled = on_cancelled,
+		.arg = ctx,
+	};
+	struct import_result r = {0};
+	char *err = NULL;
+	int64_t t0 = mono_us();
+	rc = import_dir(u.conn, p.from, p.to, &o, &r, &err);
+	int64_t ms = (mono_us() - t0) / 1000;
+	if (rc == BG_ERR_CLOSED || rc == BG_ERR_PROTO) {
+		rc = vm_use_broke(ctx, &u, rc, "the import", err);
+	} else if (rc == BG_ERR_CANCELED) {
+		rc = step_fail(ctx, rc, false, "the import was stopped (part of the tree may be in "
+			       "the guest)");
+	} else if (rc) {
+		bool permanent = rc == BG_ERR_NOENT || rc == BG_ERR_INVAL || rc == BG_ERR_PERM ||
+				 rc == BG_ERR_UNSUPPORTED;
+		rc = step_fail(ctx, rc, permanent, "%s", err ? err : bg_strerror(rc));
+	} else {
+		double mib = r.data_bytes / 1048576.0;
+		step_logf(ctx, "copied %s into vm '%s' at %s: %llu files, %llu dirs, %llu symlinks, "
+			  "%.1f MiB in %.2f s%s",
+			  p.from, u.name, p.to, (unsigned long long)r.files, (unsigned long long)r.dirs,
+			  (unsigned long long)r.symlinks, mib, ms / 1000.0,
+			  r.skipped ? " (some entries skipped: see the warnings)" : "");
+		msgpack_packer *pk = &ctx->result;
+		msgpack_pack_map(pk, 8);
+		mpk_kv_str(pk, "to", p.to);
+		mpk_kv_int(pk, "files", (int64_t)r.files);
+		mpk_kv_int(pk, "dirs", (int64_t)r.dirs);
+		mpk_kv_int(pk, "symlinks", (int64_t)r.symlinks);
+		mpk_kv_int(pk, "data_bytes", (int64_t)r.data_bytes);
+		mpk_kv_int(pk, "skipped", (int64_t)r.skipped);
+		mpk_kv_int(pk, "excluded", (int64_t)r.excluded);
+		mpk_kv_int(pk, "duration_ms", ms);
+	}
+	vm_use_close(&u);
+	free(err);
+	import_params_release(&p);
+	return rc;
+}
+
+static const struct kind_field import_fields[] = {
+	{"vm", FT_STR, true},
+	{"from", FT_STR, true},
+	{"to", FT_STR, true},
+	{"exclude", FT_STRLIST, false},
+	{NULL},
+};
+
+static const struct step_def import_steps[] = {
+	{.name = "import", .plan = import_plan, .do_ = import_do, .resumable = true},
+};
+
+const struct kind kind_workspace_import = {
+	.name = "workspace.import",
+	.summary = "copy a host directory or file into a running VM",
+	.fields = import_fields,
+	.steps = import_steps,
+	.nsteps = ARRAY_LEN(import_steps),
 	.retry_interrupted = true,
 	.wants_dir = true,
 };

@@ -223,3 +223,34 @@ test_wsjobs_crash_at_the_workspace_step() {
 		VJ_EXTRA_FP="vm.create/wait:error=error" vj_crash_each create \
 		vm.create/workspace:undo-before
 }
+
+test_wsjobs_vm_cp_both_ways() {
+	vj_setup
+	vj_kernel
+	ws_ci 2
+	vj_start
+	vj_pull
+	vj_create box ", network: none"
+	cd "$T/ci" || fail cd
+	# in: a directory, then a single file
+	b vm cp checkout box:/srv/co >"$T/cp1.out" 2>&1 || fail "vm cp in: $(tail -5 "$T/cp1.out")"
+	expect_eq "$(b vm exec box -- sha256sum /srv/co/big.bin | cut -c1-64)" \
+		"$(sha256sum checkout/big.bin | cut -c1-64)" "big.bin copied in"
+	expect_eq "$(b vm exec box -- readlink /srv/co/src/link-outside)" "../../../../etc/passwd" \
+		"symlink copied in as a symlink"
+	b vm cp checkout/run.sh box:/srv/one.sh >"$T/cp2.out" 2>&1 || fail "vm cp file: $(tail -5 "$T/cp2.out")"
+	expect_eq "$(b vm exec box -- /srv/one.sh)" run "a single file copied in, executable"
+	# out: as a tar next to us
+	b vm exec box -- sh -c 'mkdir -p /srv/res && echo r >/srv/res/r.txt' || fail exec
+	b vm cp box:/srv/res res.tar >"$T/cp3.out" 2>&1 || fail "vm cp out: $(tail -5 "$T/cp3.out")"
+	expect_eq "$(tar -xOf res.tar r.txt)" r "copied out"
+	# refusals
+	b vm cp checkout nobox:/x >"$T/cp4.out" 2>&1 && fail "cp to a vm that does not exist"
+	expect_contains "$(cat "$T/cp4.out")" "no vm 'nobox'"
+	b vm cp a b >"$T/cp5.out" 2>&1 && fail "cp with no vm side"
+	expect_contains "$(cat "$T/cp5.out")" "NAME:/path"
+	no_partials "$T/ci"
+	cd "$T" || true
+	vj_delete box
+	vj_nothing_left
+}
