@@ -3,8 +3,10 @@
 # (SQLite): start a private bangerd, a loopback OCI registry holding a
 # busybox image built from Debian's busybox-static, import the Debian cloud
 # kernel (apt-get download), then run examples/ci.yaml through the real CLI:
-# image.pull -> vm.create (QEMU; TCG where KVM cannot boot guests) ->
-# vm.exec with live output (exits 3) -> vm.delete, and show the op log.
+# image.pull -> vm.create (QEMU; TCG where KVM cannot boot guests) with
+# examples/checkout as its workspace -> vm.exec building in the guest with
+# live output (exits 3) -> workspace.export of the results -> vm.delete, and
+# show the op log.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 D=$(mktemp -d /tmp/banger-demo.XXXXXX)
@@ -51,8 +53,12 @@ done
 echo
 echo "== banger job submit examples/ci.yaml --follow"
 sed "s|REGISTRY|$REG_ADDR|g" "$ROOT/examples/ci.yaml" >"$D/ci.yaml"
+cp -r "$ROOT/examples/checkout" "$D/checkout"
 "$B" job submit "$D/ci.yaml" --follow
 echo "submit --follow exited with $? (the guest command's exit status)"
+echo
+echo "== the results workspace.export brought out: $D/artifacts/out.tar"
+tar -tvf "$D/artifacts/out.tar" || die "no results archive"
 echo
 "$B" job list
 echo

@@ -2254,7 +2254,7 @@ static int teardown_do(struct step_ctx *ctx)
 	int64_t vm = 0;
 	mpk_get_int(n, "vm", &vm);
 	char *name = mpk_dup_str(n, "name");
-	step_logf(ctx, "vm '%s': hypervisor, run directory, tap and root disk are gone", name);
+	step_logf(ctx, "vm '%s': hypervisor, run directory, tap and disks are gone", name);
 	msgpack_pack_map(&ctx->result, 2);
 	mpk_kv_int(&ctx->result, "vm", vm);
 	mpk_kv_str(&ctx->result, "name", name);
