@@ -474,3 +474,28 @@ EOF
 	b job submit "$T/bad.yaml" --follow >"$T/bad.out" 2>&1 && fail "hypervisor: xen accepted"
 	expect_contains "$(cat "$T/bad.out")" "hypervisor 'xen' is not 'qemu' (the default) or 'firecracker'"
 }
+
+# vm.exec's `stdin:` reaches the command, then end of file
+test_vmjobs_exec_stdin() {
+	vj_setup
+	vj_kernel
+	vj_start
+	vj_pull
+	vj_create box ", network: none"
+	spec in.yaml <<EOF
+jobs:
+  count: { kind: vm.exec, vm: box, argv: [wc, -l], stdin: "one\ntwo\nthree\n" }
+  sum:   { kind: vm.exec, vm: box, run: "sha256sum | cut -c1-64", stdin: "banger\n" }
+  none:  { kind: vm.exec, vm: box, run: "cat; echo eof" }
+EOF
+	b job submit "$T/in.yaml" --follow >"$T/in.out" 2>&1 || fail "stdin jobs: $(tail -5 "$T/in.out")"
+	ids=$(b job list --json | jq -r '[.jobs[] | select(.kind == "vm.exec")] | sort_by(.id) | .[].id')
+	set -- $ids
+	expect_eq "$(b job tail "$1" --no-follow --json | jq -s -r 'map(select(.stream=="stdout") | .data) | join("") | gsub("\\s"; "")')" 3 "wc -l of the stdin"
+	expect_eq "$(b job tail "$2" --no-follow --json | jq -s -r 'map(select(.stream=="stdout") | .data) | join("")')" \
+		"$(printf 'banger\n' | sha256sum | cut -c1-64)" "sha256 of the stdin"
+	expect_eq "$(b job tail "$3" --no-follow --json | jq -s -r 'map(select(.stream=="stdout") | .data) | join("")')" \
+		"eof" "no stdin: /dev/null"
+	vj_delete box
+	vj_nothing_left
+}
