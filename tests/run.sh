@@ -82,13 +82,15 @@ done
 }
 
 run_integration "" "$ROOT"/tests/integration/t_*.sh
-# The core suites again against the ASan/UBSan build (make asan): any
-# sanitizer report in a daemon's log fails the test.
+# The core suites, the VM kinds and the workspace kinds again against the
+# ASan/UBSan build (make asan): any sanitizer report in a daemon's log fails
+# the test.
 if [ -x "$ROOT/build/asan/bangerd-test" ]; then
 	BANGER_BIN_DIR=$ROOT/build/asan ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 \
 		run_integration "asan/" "$ROOT"/tests/integration/t_jobs.sh \
 		"$ROOT"/tests/integration/t_spec.sh "$ROOT"/tests/integration/t_rpc.sh \
-		"$ROOT"/tests/integration/t_daemon.sh
+		"$ROOT"/tests/integration/t_daemon.sh "$ROOT"/tests/integration/t_vmjobs.sh \
+		"$ROOT"/tests/integration/t_wsjobs.sh
 fi
 
 [ -n "$failures" ] && echo "failed:$failures"
