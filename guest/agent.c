@@ -77,6 +77,7 @@ struct session {
 	size_t txoff, txlen, txcap;
 	unsigned long bad_frames;
 	bool busy;      /* an export is writing a DATA frame straight to fd */
+	const void *busy_owner; /* ... this one */
 };
 
 struct exec {
@@ -666,7 +667,7 @@ static void xport_finish(struct xport *x)
 	close_fd(&x->file_fd);
 	close_fd(&x->pipe_r);
 	close_fd(&x->pipe_w);
-	if (x->frame_active && x->s)
+	if (x->frame_active && x->s && x->s->busy_owner == x)
 		x->s->busy = false;
 	x->frame_active = false;
 	x->done = true;
@@ -1057,7 +1058,13 @@ static void xport_pump(struct xport *x)
 		if (tx_pending(s) >= TX_HIGH)
 			return; /* the loop polls POLLOUT for the session's buffer */
 		if (x->file_fd >= 0 && x->file_left) {
-			/* DATA bypasses the session buffer: it must be empty first */
+			/* DATA bypasses the session buffer: it must be empty first,
+			 * and no other export of the session may be mid-frame (two
+			 * exports over one connection: frames never interleave) */
+			if (s->busy && s->busy_owner != x) {
+				x->want_out = true;
+				return;
+			}
 			tx_flush(s);
 			if (tx_pending(s)) {
 				x->want_out = true;
@@ -1072,6 +1079,7 @@ static void xport_pump(struct xport *x)
 			x->bytes += len;
 			x->frame_active = true;
 			s->busy = true;
+			s->busy_owner = x;
 			continue;
 		}
 		xport_next(x);

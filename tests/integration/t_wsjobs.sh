@@ -73,7 +73,10 @@ jobs:
       mkdir -p out/results && echo built >out/results/report.txt && cp run.sh out/results/
       ln -s report.txt out/results/latest
   results: { kind: workspace.export, needs: [build], vm: box, path: /workspace/out, to: artifacts/out.tar }
-  done: { kind: vm.delete, needs: [results], vm: box, when: always }
+  # at the same time over the VM's one agent connection: frames never interleave
+  whole: { kind: workspace.export, needs: [build], vm: box, path: /workspace, to: artifacts/whole.tar }
+  again: { kind: workspace.export, needs: [build], vm: box, path: /workspace, to: artifacts/again.tar }
+  done: { kind: vm.delete, needs: [results, whole, again], vm: box, when: always }
 EOF
 	chown $VJ_OWNER:$VJ_OWNER "$T/ci/pipeline.yaml"
 	b job submit "$T/ci/pipeline.yaml" --follow >"$T/follow.out" 2>&1 ||
@@ -103,6 +106,12 @@ EOF
 	expect_eq "$(jfield "$id" result.sha256)" "$(sha256sum "$tarf" | cut -c1-64)" "sha256 in the result"
 	expect_eq "$(jfield "$id" result.bytes)" "$(stat -c %s "$tarf")" "bytes in the result"
 	expect_eq "$(stat -c %u "$tarf")" $VJ_OWNER "owner of the export"
+	for f in whole again; do
+		expect_eq "$(tar -xOf "$T/ci/artifacts/$f.tar" big.bin | sha256sum | cut -c1-64)" \
+			"$(sha256sum "$T/ci/checkout/big.bin" | cut -c1-64)" "big.bin in $f.tar"
+	done
+	expect_eq "$(tar -xOf "$T/ci/artifacts/whole.tar" out/results/report.txt)" built \
+		"the build's output in the whole export"
 	no_partials "$T/ci"
 	# the create job's result says what came in
 	cid=$(b job list --json | jq '[.jobs[] | select(.name == "box")][0].id')
