@@ -276,8 +276,12 @@ EOF2
 	printf '  %-52s %s\n' "one vm.create, submit --follow" "$(fmt_s "$one")"
 	printf '  %-52s %s (%sx one; no goal on %s TCG cpus)\n' "8 vm.create in parallel, to the last ready" \
 		"$(fmt_s "$eight")" "$(rat "$eight" "$one")" "$(nproc)"
-	for i in 1 2 3 4 5 6 7 8; do b vm rm p$i >/dev/null 2>&1 & done
-	wait
+	rms=()
+	for i in 1 2 3 4 5 6 7 8; do
+		b vm rm p$i >/dev/null 2>&1 &
+		rms+=($!)
+	done
+	wait "${rms[@]}" # not a bare wait: bangerd and the helper are children too
 	stop_daemon
 }
 
