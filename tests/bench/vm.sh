@@ -31,7 +31,7 @@
 #
 # Prints MISSED for a goal not met and still exits 0 (a benchmark reports,
 # the tests assert).  Skips, saying why, without root, QEMU, the registry
-# tools or the kernel package.  About 3-4 minutes here.
+# tools or the kernel package.  About 1.5 minutes here (bounded: 7 min).
 #   VM_BENCH_MB=40            size of the output figure's file
 #   VM_BENCH_ONLY="ce rt out par"   only these figures (1 2 3 4 above)
 set -u
