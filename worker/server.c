@@ -112,9 +112,10 @@ static void on_write(uv_write_t *req, int status)
 		sub_pump(c->sub);
 }
 
-/* Send one frame: takes the packed body (copied). */
-static void conn_send(struct conn *c, const char *body, size_t len)
+/* Send one frame whose body is a then b (both copied; b may be NULL). */
+static void conn_send2(struct conn *c, const char *a, size_t alen, const void *b, size_t blen)
 {
+	size_t len = alen + blen;
 	if (c->closing)
 		return;
 	if (len > BG_RPC_MAX_FRAME) {
@@ -126,15 +127,23 @@ static void conn_send(struct conn *c, const char *body, size_t len)
 	w->c = c;
 	w->data = xmalloc(len + 4);
 	rpc_frame_hdr((unsigned char *)w->data, (uint32_t)len);
-	memcpy(w->data + 4, body, len);
-	uv_buf_t b = uv_buf_init(w->data, (unsigned)(len + 4));
+	memcpy(w->data + 4, a, alen);
+	if (blen)
+		memcpy(w->data + 4 + alen, b, blen);
+	uv_buf_t buf = uv_buf_init(w->data, (unsigned)(len + 4));
 	c->refs++;
-	if (uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write) != 0) {
+	if (uv_write(&w->req, (uv_stream_t *)&c->pipe, &buf, 1, on_write) != 0) {
 		c->refs--;
 		free(w->data);
 		free(w);
 		conn_close(c);
 	}
+}
+
+/* Send one frame: takes the packed body (copied). */
+static void conn_send(struct conn *c, const char *body, size_t len)
+{
+	conn_send2(c, body, len, NULL, 0);
 }
 
 struct reply {
@@ -1444,19 +1453,20 @@ static int send_event_cb(int64_t job, int64_t seq, int64_t ts, const char *strea
 	mpk_kv_str(&pk, "stream", stream ? stream : "?");
 	mpk_pack_str(&pk, "data");
 	bool raw = stream && (strcmp(stream, "stdout") == 0 || strcmp(stream, "stderr") == 0);
-	if (raw) {
-		msgpack_pack_bin(&pk, len);
-		msgpack_pack_bin_body(&pk, data, len);
-	} else if (data && len) {
-		msgpack_sbuffer_write(&sb, data, len);
-	} else {
+	if (raw)
+		msgpack_pack_bin(&pk, len); /* the body follows, copied once */
+	else if (!data || !len)
 		msgpack_pack_nil(&pk);
-	}
-	conn_send(s->c, sb.data, sb.size);
+	if (raw || (data && len))
+		conn_send2(s->c, sb.data, sb.size, data, len);
+	else
+		conn_send(s->c, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 	s->next_seq[es->idx] = seq + 1;
 	es->sent++;
-	return 0;
+	/* a full socket stops the batch; on_write pumps again (output events
+	 * are up to 256 KiB: a batch of 256 must not all be queued at once) */
+	return s->c->closing || s->c->pipe.write_queue_size >= TAIL_HIGH_WATER;
 }
 
 /* Send what the subscriber has not seen yet, as far as the socket takes it;

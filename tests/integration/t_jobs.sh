@@ -49,6 +49,62 @@ EOF2
 	expect_eq $? 7 "tail --no-follow of a final job"
 }
 
+# The engine gathers a job's output chunks into fewer events (worker/engine.c,
+# OUT_EVENT_MAX): every byte of each stream arrives, in order, for a follower
+# attached while the job runs and for a tail afterwards, stdout and stderr
+# each in order, all before the final state.
+test_output_coalesced_in_order() {
+	start_daemon
+	spec s.yaml <<'EOF2'
+jobs:
+  o: { kind: test.echo, lines: 20000 }
+EOF2
+	b job submit "$T/s.yaml" >/dev/null || fail submit
+	b job tail 1 --json >"$T/live.json" || fail "tail --json (following)"
+	b job tail 1 --no-follow --json >"$T/after.json" || fail "tail --no-follow --json"
+	awk 'BEGIN { for (i = 1; i <= 20000; i++) { printf "out %d\n", i
+		if (i % 100 == 0) { for (j = 1; j < 3000; j++) printf "b"; printf "\n" } } }' >"$T/want.out"
+	awk 'BEGIN { for (i = 1000; i <= 20000; i += 1000) printf "err %d\n", i }' >"$T/want.err"
+	for f in live after; do
+		jq -j 'select(.stream == "stdout") | .data' "$T/$f.json" >"$T/$f.out"
+		jq -j 'select(.stream == "stderr") | .data' "$T/$f.json" >"$T/$f.err"
+		cmp -s "$T/$f.out" "$T/want.out" ||
+			fail "$f: stdout differs: $(cmp "$T/$f.out" "$T/want.out" 2>&1), $(wc -c <"$T/$f.out") bytes"
+		cmp -s "$T/$f.err" "$T/want.err" || fail "$f: stderr differs: $(head -c 300 "$T/$f.err")"
+	done
+	# fewer events than writes (the 20000 lines were 20400 writes), none over 64 KiB
+	n=$(jq -s 'map(select(.stream == "stdout")) | length' "$T/after.json")
+	[ "$n" -gt 0 ] && [ "$n" -lt 2000 ] || fail "$n stdout events for 20400 writes"
+	jq -s -e 'map(select(.stream == "stdout" or .stream == "stderr") | .data | length) | max <= 65536' \
+		"$T/after.json" >/dev/null || fail "an output event over 64 KiB"
+	# seq strictly increasing, output before the final state
+	jq -s -e '(map(.seq) | . == sort and . == unique) and
+		((map(select(.stream == "stdout" or .stream == "stderr")) | last | .seq) <
+		 (map(select(.stream == "state" and .data.state == "succeeded")) | first | .seq))' \
+		"$T/after.json" >/dev/null || fail "events out of order"
+}
+
+# A small write is not held back until the step ends: it reaches tail while
+# the job still runs (the engine's flush timer).
+test_output_small_write_shown_live() {
+	start_daemon
+	spec s.yaml <<'EOF2'
+jobs:
+  o: { kind: test.echo, text: "early\n", for: 120s }
+EOF2
+	b job submit "$T/s.yaml" >/dev/null || fail submit
+	i=0
+	until b job tail 1 --no-follow --json 2>/dev/null | jq -s -e \
+		'map(select(.stream == "stdout") | .data) | join("") == "early\n"' >/dev/null; do
+		i=$((i + 1))
+		[ $i -lt 300 ] || fail "the output did not reach tail while the job ran"
+		sleep 0.05
+	done
+	expect_eq "$(jfield 1 state)" running "state when the output was there"
+	b job cancel 1 >/dev/null || fail cancel
+	WAIT=20 wait_final 1 >/dev/null
+}
+
 test_retry_with_backoff_then_success() {
 	cat >"$T/conf.yaml" <<'EOF2'
 retry_base: 100ms

@@ -187,6 +187,25 @@ static int echo_do(struct step_ctx *ctx)
 			v -= (int64_t)n;
 		}
 	}
+	/* lines: N: "out N\n" lines to stdout, one write each, every 1000th
+	 * also "err N\n" to stderr; 3000 bytes at once after every 100th: how
+	 * the engine coalesces output is seen in the bytes of each stream */
+	if (mpk_get_int(ctx->params, "lines", &v) == 0 && v > 0) {
+		static char blob[3000];
+		memset(blob, 'b', sizeof(blob));
+		blob[sizeof(blob) - 1] = '\n';
+		for (int64_t i = 1; i <= v && !step_cancelled(ctx); i++) {
+			char line[32];
+			int n = snprintf(line, sizeof(line), "out %lld\n", (long long)i);
+			step_emit(ctx, "stdout", line, (size_t)n);
+			if (i % 100 == 0)
+				step_emit(ctx, "stdout", blob, sizeof(blob));
+			if (i % 1000 == 0) {
+				n = snprintf(line, sizeof(line), "err %lld\n", (long long)i);
+				step_emit(ctx, "stderr", line, (size_t)n);
+			}
+		}
+	}
 	if (mpk_get_str(ctx->params, "stderr", &text, &len) == 0)
 		step_emit(ctx, "stderr", text, len);
 	if (mpk_get_int(ctx->params, "for", &v) == 0 && v > 0) {
@@ -216,6 +235,7 @@ static const struct kind_field echo_fields[] = {
 	{"text", FT_STR, false},
 	{"stderr", FT_STR, false},
 	{"bytes", FT_SIZE, false},
+	{"lines", FT_INT, false},
 	{"for", FT_DURATION, false},
 	{"exit", FT_INT, false},
 	{NULL},
