@@ -107,11 +107,12 @@ demo: deps
 deps:
 	sh ci/install-deps.sh
 
-# The same daemon, CLI and unit tests built with ASan and UBSan into
-# build/asan/; `make test` runs the unit tests and the core integration
-# tests against them too.
+# The same daemon, CLI, root helper and unit tests built with ASan and
+# UBSan into build/asan/; `make test` runs the unit tests and the core, VM
+# and workspace integration tests against them too (hcall: the VM tests'
+# helper client).
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-ASAN_BINS := bangerd-test banger unit-tests $(ASAN_EXTRA)
+ASAN_BINS := bangerd-test banger banger-helper hcall unit-tests $(ASAN_EXTRA)
 asan:
 	$(MAKE) B=build/asan OPT="-O1 -g" SANFLAGS="$(ASAN_FLAGS)" \
 		$(addprefix build/asan/,$(ASAN_BINS))
