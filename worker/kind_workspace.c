@@ -1,7 +1,9 @@
 /*
- * kind_workspace.c: workspace.export (docs/workspaces.md): bring a guest
- * directory out of a running VM as a tar archive, or a git checkout's
- * changes as a patch, and store it at the spec's `to:`.
+ * kind_workspace.c: the workspace kinds (docs/workspaces.md).
+ *
+ * workspace.export: bring a guest directory out of a running VM as a tar
+ * archive, or a git checkout's changes as a patch, and store it at the
+ * spec's `to:`.
  *
  *   export   plan: `vm:` must name a running VM (vm_use_plan); the undo
  *            record names `to:` as resolved and the temporary the export
