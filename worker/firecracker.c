@@ -3,8 +3,9 @@
  * API bodies, jail paths), the process, the API over its Unix socket with
  * libcurl, hybrid vsock to the guest's agent, stop.
  *
- * The process is handled as qemu.c handles QEMU: posix_spawn in a process
- * group of its own, stdin /dev/null, every other descriptor closed, a pidfd
+ * The process is handled as qemu.c handles QEMU (worker/child.h):
+ * posix_spawn in a process group of its own, stdin /dev/null, every other
+ * descriptor closed, a pidfd
  * for every wait (so an adopted Firecracker that is not our child is waited
  * for the same way, and a recycled pid is never signalled).  The jailer,
  * without --daemonize, execs Firecracker in the same process, so the pid
@@ -32,22 +33,19 @@
 #include "agent.h"
 #include "agent_proto.h"
 #include "cowdisk.h"
+#include "child.h"
 #include "err.h"
 #include "firecracker.h"
 #include "log.h"
 #include "util.h"
 
-extern char **environ;
 
 #define SUN_MAX 107
 #define DEFAULT_API_US 5000000
 #define DEFAULT_START_US 5000000
 
 struct fc_vm {
-	pid_t pid;
-	int pidfd;
-	bool is_child, exited;
-	int status;
+	struct child ch;
 	int64_t api_timeout_us;
 	char *run_dir, *api_sock, *vsock_uds, *console_log, *fc_log, *pidfile;
 };
@@ -371,16 +369,11 @@ out:
 
 /* ---- the process ---- */
 
-static int pidfd_open_(pid_t pid)
-{
-	return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
 static struct fc_vm *vm_new(const char *run_dir, const char *api_sock, const char *vsock_uds)
 {
 	struct fc_vm *vm = xcalloc(1, sizeof(*vm));
-	vm->pid = -1;
-	vm->pidfd = -1;
+	child_init(&vm->ch);
+	vm->ch.pid = -1;
 	vm->run_dir = xstrdup(run_dir);
 	vm->api_sock = xstrdup(api_sock);
 	vm->vsock_uds = xstrdup(vsock_uds);
@@ -395,8 +388,7 @@ void fc_destroy(struct fc_vm *vm)
 {
 	if (!vm)
 		return;
-	if (vm->pidfd >= 0)
-		close(vm->pidfd);
+	child_close(&vm->ch);
 	free(vm->run_dir);
 	free(vm->api_sock);
 	free(vm->vsock_uds);
@@ -406,84 +398,24 @@ void fc_destroy(struct fc_vm *vm)
 	free(vm);
 }
 
-pid_t fc_pid(const struct fc_vm *vm) { return vm->pid; }
-int fc_pidfd(const struct fc_vm *vm) { return vm->pidfd; }
+pid_t fc_pid(const struct fc_vm *vm) { return vm->ch.pid; }
+int fc_pidfd(const struct fc_vm *vm) { return vm->ch.pidfd; }
 const char *fc_console_log(const struct fc_vm *vm) { return vm->console_log; }
 const char *fc_api_sock(const struct fc_vm *vm) { return vm->api_sock; }
 
-static void reap(struct fc_vm *vm)
-{
-	if (vm->is_child && !vm->exited) {
-		int st;
-		if (waitpid(vm->pid, &st, WNOHANG) == vm->pid) {
-			vm->status = st;
-			vm->exited = true;
-		}
-	}
-}
-
 bool fc_running(struct fc_vm *vm)
 {
-	if (vm->pidfd < 0 || vm->exited)
-		return false;
-	struct pollfd p = {vm->pidfd, POLLIN, 0};
-	if (poll(&p, 1, 0) > 0) {
-		reap(vm);
-		vm->exited = true;
-		return false;
-	}
-	return true;
+	return child_running(&vm->ch);
 }
 
 int fc_wait_exit(struct fc_vm *vm, int64_t timeout_us)
 {
-	int64_t deadline = mono_us() + timeout_us;
-	while (fc_running(vm)) {
-		int64_t left = deadline - mono_us();
-		if (left <= 0)
-			return BG_ERR_TIMEDOUT;
-		struct pollfd p = {vm->pidfd, POLLIN, 0};
-		poll(&p, 1, (int)(left / 1000) + 1);
-	}
-	return 0;
+	return child_wait_exit(&vm->ch, timeout_us);
 }
 
 int fc_kill(struct fc_vm *vm)
 {
-	if (!fc_running(vm))
-		return 0;
-	kill(-vm->pid, SIGKILL);
-	syscall(SYS_pidfd_send_signal, vm->pidfd, SIGKILL, NULL, 0);
-	return fc_wait_exit(vm, 10000000);
-}
-
-static int spawn(char **argv, const char *out_path, const char *err_path, pid_t *pid,
-		 char **errmsg)
-{
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t at;
-	sigset_t none, all;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-	posix_spawn_file_actions_addopen(&fa, 2, err_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-	posix_spawnattr_init(&at);
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setsigdefault(&at, &all);
-	posix_spawnattr_setpgroup(&at, 0);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-					      POSIX_SPAWN_SETSIGDEF);
-	int rc = posix_spawn(pid, argv[0], &fa, &at, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&at);
-	if (rc != 0) {
-		errmsg_set(errmsg, "cannot run '%s': %s", argv[0], strerror(rc));
-		return bg_errno(rc);
-	}
-	return 0;
+	return child_kill(&vm->ch);
 }
 
 /* Last lines of a file, one line, for error messages ("" when absent). */
@@ -507,16 +439,6 @@ static char *tail_text(const char *path, size_t max)
 	return s;
 }
 
-/* Why the process is gone: " with status N" / " on signal N" / "". */
-static void exit_how(struct fc_vm *vm, char *buf, size_t n)
-{
-	buf[0] = 0;
-	if (vm->is_child && vm->exited && WIFEXITED(vm->status))
-		snprintf(buf, n, " with status %d", WEXITSTATUS(vm->status));
-	else if (vm->is_child && vm->exited && WIFSIGNALED(vm->status))
-		snprintf(buf, n, " on signal %d", WTERMSIG(vm->status));
-}
-
 /* Wait until the API socket answers GET /, bounded; the pidfd ends it. */
 static int wait_api(struct fc_vm *vm, int64_t timeout_us, char **errmsg)
 {
@@ -530,7 +452,7 @@ static int wait_api(struct fc_vm *vm, int64_t timeout_us, char **errmsg)
 		free(err);
 		if (!fc_running(vm)) {
 			char how[48];
-			exit_how(vm, how, sizeof(how));
+			child_exit_how(&vm->ch, how, sizeof(how));
 			char *t = tail_text(vm->fc_log, 600);
 			errmsg_set(errmsg, "firecracker exited at start%s before its api socket '%s' "
 					"answered; it said: %s",
@@ -543,7 +465,7 @@ static int wait_api(struct fc_vm *vm, int64_t timeout_us, char **errmsg)
 				   vm->api_sock, (double)timeout_us / 1e6);
 			return BG_ERR_TIMEDOUT;
 		}
-		struct pollfd p = {vm->pidfd, POLLIN, 0};
+		struct pollfd p = {vm->ch.pidfd, POLLIN, 0};
 		poll(&p, 1, 20);
 	}
 }
@@ -654,19 +576,10 @@ int fc_start(const struct fc_config *cfg, struct fc_vm **out, char **errmsg)
 				 strerror(errno));
 		close(lfd);
 	}
-	if ((rc = spawn(p.argv, vm->console_log, vm->fc_log, &vm->pid, errmsg)) < 0)
+	if ((rc = child_spawn(&vm->ch, p.argv, false, vm->console_log, vm->fc_log, errmsg)) < 0)
 		goto fail;
-	vm->is_child = true;
-	vm->pidfd = pidfd_open_(vm->pid);
-	if (vm->pidfd < 0) {
-		rc = bg_errno(errno);
-		errmsg_set(errmsg, "pidfd_open: %s", strerror(errno));
-		kill(-vm->pid, SIGKILL);
-		waitpid(vm->pid, NULL, 0);
-		goto fail;
-	}
 	char pid[24];
-	snprintf(pid, sizeof(pid), "%d\n", (int)vm->pid);
+	snprintf(pid, sizeof(pid), "%d\n", (int)vm->ch.pid);
 	if ((rc = write_file_atomic(vm->pidfile, pid, strlen(pid), 0600)) < 0) {
 		errmsg_set(errmsg, "cannot write '%s': %s", vm->pidfile, bg_strerror(rc));
 		goto fail;
@@ -681,7 +594,7 @@ int fc_start(const struct fc_config *cfg, struct fc_vm **out, char **errmsg)
 		if (rc < 0) {
 			if (!fc_running(vm)) {
 				char how[48];
-				exit_how(vm, how, sizeof(how));
+				child_exit_how(&vm->ch, how, sizeof(how));
 				char *t = tail_text(vm->fc_log, 600);
 				errmsg_set(errmsg, "firecracker exited%s during PUT %s: %s", how,
 					   p.req[i].path, t[0] ? t : "(nothing)");
@@ -693,14 +606,14 @@ int fc_start(const struct fc_config *cfg, struct fc_vm **out, char **errmsg)
 			goto fail;
 		}
 	}
-	log_info(NULL, 0, "firecracker: started %s (pid %d%s)", cfg->name, (int)vm->pid,
+	log_info(NULL, 0, "firecracker: started %s (pid %d%s)", cfg->name, (int)vm->ch.pid,
 		 p.chroot ? ", jailed" : "");
 	*out = vm;
 	vm = NULL;
 	rc = 0;
 	goto out_plan;
 fail:
-	if (vm->pidfd >= 0)
+	if (vm->ch.pidfd >= 0)
 		fc_kill(vm);
 	unlink(vm->pidfile);
 	fc_destroy(vm);
@@ -744,22 +657,18 @@ int fc_adopt(const char *run_dir, struct fc_vm **out, char **errmsg)
 		errmsg_set(errmsg, "no firecracker pidfile in '%s'", run_dir);
 		goto fail;
 	}
-	vm->pid = (pid_t)atol(s);
-	if (vm->pid <= 1) {
+	pid_t pid = (pid_t)atol(s);
+	if (pid <= 1) {
 		errmsg_set(errmsg, "bad firecracker pidfile in '%s'", run_dir);
 		goto fail;
 	}
-	vm->pidfd = pidfd_open_(vm->pid);
-	/* a pidfd that is readable already: it exited (a zombie not yet reaped
-	 * by whoever inherited it) */
-	struct pollfd pf = {vm->pidfd, POLLIN, 0};
-	if (vm->pidfd < 0 || poll(&pf, 1, 0) > 0) {
-		errmsg_set(errmsg, "firecracker (pid %d) of '%s' is not running", (int)vm->pid,
+	if (child_adopt(&vm->ch, pid) < 0) {
+		errmsg_set(errmsg, "firecracker (pid %d) of '%s' is not running", (int)vm->ch.pid,
 			   run_dir);
 		goto fail;
 	}
 	/* the pidfd pins the process; now check it is ours */
-	char *proc = xasprintf("/proc/%d/cmdline", (int)vm->pid);
+	char *proc = xasprintf("/proc/%d/cmdline", (int)vm->ch.pid);
 	int r = read_file(proc, 1 << 20, &cmd, &n);
 	free(proc);
 	bool ours = false;
@@ -774,7 +683,7 @@ int fc_adopt(const char *run_dir, struct fc_vm **out, char **errmsg)
 		}
 	}
 	if (!ours) {
-		errmsg_set(errmsg, "pid %d is not the firecracker of '%s' (pid reused)", (int)vm->pid,
+		errmsg_set(errmsg, "pid %d is not the firecracker of '%s' (pid reused)", (int)vm->ch.pid,
 			   run_dir);
 		goto fail;
 	}
@@ -892,12 +801,12 @@ int fc_wait_agent(struct fc_vm *vm, int64_t timeout_us, struct agent_conn **out,
 				      &fd, &err);
 		if (rc == 0) {
 			left = deadline - mono_us();
-			rc = agent_connect_fd(fd, left > 0 ? left : 1, vm->pidfd, out, &err);
+			rc = agent_connect_fd(fd, left > 0 ? left : 1, vm->ch.pidfd, out, &err);
 			if (rc == 0) {
 				log_info(NULL, 0,
 					 "firecracker: agent of pid %d answered after %.2f s (guest "
 					 "uptime %lld ms)",
-					 (int)vm->pid, (double)(mono_us() - t0) / 1e6,
+					 (int)vm->ch.pid, (double)(mono_us() - t0) / 1e6,
 					 (long long)agent_info(*out)->uptime_ms);
 				return 0;
 			}
@@ -907,7 +816,7 @@ int fc_wait_agent(struct fc_vm *vm, int64_t timeout_us, struct agent_conn **out,
 			break; /* not Firecracker's vsock: retrying will not help */
 		}
 		/* not there yet, refused, closed: the guest is still booting */
-		struct pollfd p = {vm->pidfd, POLLIN, 0};
+		struct pollfd p = {vm->ch.pidfd, POLLIN, 0};
 		poll(&p, 1, 100);
 	}
 	if (rc != BG_ERR_TIMEDOUT)
@@ -915,7 +824,7 @@ int fc_wait_agent(struct fc_vm *vm, int64_t timeout_us, struct agent_conn **out,
 	char *con = tail_text(vm->console_log, 400);
 	if (!fc_running(vm)) {
 		char how[48];
-		exit_how(vm, how, sizeof(how));
+		child_exit_how(&vm->ch, how, sizeof(how));
 		char *fl = tail_text(vm->fc_log, 400);
 		errmsg_set(errmsg, "firecracker exited%s before the guest's agent answered; "
 				"firecracker said: %s; console: %s",
@@ -949,7 +858,7 @@ int fc_stop(struct fc_vm *vm, struct agent_conn *conn, int64_t grace_us, bool *g
 		char *err = NULL;
 		int64_t ack = grace_us < 5000000 ? grace_us : 5000000;
 		if (agent_poweroff(conn, ack, &err) < 0)
-			log_warn(NULL, 0, "firecracker: pid %d: %s", (int)vm->pid,
+			log_warn(NULL, 0, "firecracker: pid %d: %s", (int)vm->ch.pid,
 				 err ? err : "power-off failed");
 		free(err);
 		if (fc_wait_exit(vm, grace_us) == 0) {
@@ -959,7 +868,7 @@ int fc_stop(struct fc_vm *vm, struct agent_conn *conn, int64_t grace_us, bool *g
 		}
 		log_warn(NULL, 0, "firecracker: pid %d did not power off within %.0f s; sending "
 				  "ctrl-alt-del",
-			 (int)vm->pid, (double)grace_us / 1e6);
+			 (int)vm->ch.pid, (double)grace_us / 1e6);
 	}
 	char *err = NULL;
 	if (fc_api(vm->api_sock, "PUT", "/actions", "{\"action_type\":\"SendCtrlAltDel\"}",
@@ -971,7 +880,7 @@ int fc_stop(struct fc_vm *vm, struct agent_conn *conn, int64_t grace_us, bool *g
 	free(err);
 	int rc = fc_kill(vm);
 	if (rc < 0)
-		errmsg_set(errmsg, "firecracker (pid %d) survived SIGKILL for 10 s", (int)vm->pid);
+		errmsg_set(errmsg, "firecracker (pid %d) survived SIGKILL for 10 s", (int)vm->ch.pid);
 	return rc;
 }
 

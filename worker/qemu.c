@@ -41,22 +41,18 @@
 
 #include "agent.h"
 #include "agent_proto.h"
+#include "child.h"
 #include "err.h"
 #include "log.h"
 #include "qemu.h"
 #include "util.h"
 
-extern char **environ;
 
 #define DEFAULT_PROBE_US 6000000
 #define SUN_MAX 107
 
 struct qemu_vm {
-	pid_t pid;
-	int pidfd;
-	bool is_child;
-	bool exited;
-	int status; /* wait status when is_child and reaped */
+	struct child ch;
 	enum qemu_accel accel;
 	char *run_dir, *agent_sock, *qmp_sock, *console_log, *qemu_log, *pidfile;
 };
@@ -339,16 +335,11 @@ int qemu_build_argv(const struct qemu_config *cfg, enum qemu_accel accel, char *
 
 /* ---- process ---- */
 
-static int pidfd_open_(pid_t pid)
-{
-	return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
 static struct qemu_vm *vm_new(const char *run_dir)
 {
 	struct qemu_vm *vm = xcalloc(1, sizeof(*vm));
-	vm->pid = -1;
-	vm->pidfd = -1;
+	child_init(&vm->ch);
+	vm->ch.pid = -1;
 	vm->run_dir = xstrdup(run_dir);
 	vm->agent_sock = xasprintf("%s/agent.sock", run_dir);
 	vm->qmp_sock = xasprintf("%s/qmp.sock", run_dir);
@@ -362,8 +353,7 @@ void qemu_destroy(struct qemu_vm *vm)
 {
 	if (!vm)
 		return;
-	if (vm->pidfd >= 0)
-		close(vm->pidfd);
+	child_close(&vm->ch);
 	free(vm->run_dir);
 	free(vm->agent_sock);
 	free(vm->qmp_sock);
@@ -373,88 +363,25 @@ void qemu_destroy(struct qemu_vm *vm)
 	free(vm);
 }
 
-pid_t qemu_pid(const struct qemu_vm *vm) { return vm->pid; }
-int qemu_pidfd(const struct qemu_vm *vm) { return vm->pidfd; }
+pid_t qemu_pid(const struct qemu_vm *vm) { return vm->ch.pid; }
+int qemu_pidfd(const struct qemu_vm *vm) { return vm->ch.pidfd; }
 enum qemu_accel qemu_vm_accel(const struct qemu_vm *vm) { return vm->accel; }
 const char *qemu_agent_sock(const struct qemu_vm *vm) { return vm->agent_sock; }
 const char *qemu_console_log(const struct qemu_vm *vm) { return vm->console_log; }
 
-static void reap(struct qemu_vm *vm)
-{
-	if (vm->is_child && !vm->exited) {
-		int st;
-		if (waitpid(vm->pid, &st, WNOHANG) == vm->pid) {
-			vm->status = st;
-			vm->exited = true;
-		}
-	}
-}
-
 bool qemu_running(struct qemu_vm *vm)
 {
-	if (vm->pidfd < 0 || vm->exited)
-		return false;
-	struct pollfd p = {vm->pidfd, POLLIN, 0};
-	if (poll(&p, 1, 0) > 0) {
-		reap(vm);
-		vm->exited = true;
-		return false;
-	}
-	return true;
+	return child_running(&vm->ch);
 }
 
 int qemu_wait_exit(struct qemu_vm *vm, int64_t timeout_us)
 {
-	int64_t deadline = mono_us() + timeout_us;
-	while (qemu_running(vm)) {
-		int64_t left = deadline - mono_us();
-		if (left <= 0)
-			return BG_ERR_TIMEDOUT;
-		struct pollfd p = {vm->pidfd, POLLIN, 0};
-		poll(&p, 1, (int)(left / 1000) + 1);
-	}
-	return 0;
+	return child_wait_exit(&vm->ch, timeout_us);
 }
 
 int qemu_kill(struct qemu_vm *vm)
 {
-	if (!qemu_running(vm))
-		return 0;
-	kill(-vm->pid, SIGKILL);
-	syscall(SYS_pidfd_send_signal, vm->pidfd, SIGKILL, NULL, 0);
-	return qemu_wait_exit(vm, 10000000);
-}
-
-/* spawn argv with QEMU's stdio arrangement; its own process group. */
-static int spawn(char **argv, const char *log_path, pid_t *pid, char **errmsg)
-{
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t at;
-	sigset_t none, all;
-	int rc;
-
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 1, log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-	posix_spawn_file_actions_adddup2(&fa, 1, 2);
-	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-	posix_spawnattr_init(&at);
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setsigdefault(&at, &all);
-	posix_spawnattr_setpgroup(&at, 0);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-					      POSIX_SPAWN_SETSIGDEF);
-	rc = posix_spawnp(pid, argv[0], &fa, &at, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&at);
-	if (rc != 0) {
-		errmsg_set(errmsg, "cannot run '%s': %s%s", argv[0], strerror(rc),
-			rc == ENOENT ? " (install qemu-system-x86)" : "");
-		return bg_errno(rc);
-	}
-	return 0;
+	return child_kill(&vm->ch);
 }
 
 /* Last lines of a file, for error messages ("" when absent). */
@@ -514,22 +441,17 @@ static int start_argv(const char *run_dir, char **argv, enum qemu_accel accel,
 	unlink(vm->qmp_sock);
 	unlink(vm->pidfile);
 	unlink(vm->console_log);
-	int rc = spawn(argv, vm->qemu_log, &vm->pid, errmsg);
+	int rc = child_spawn(&vm->ch, argv, true, vm->qemu_log, NULL, errmsg);
 	if (rc < 0) {
+		if (rc == BG_ERR_NOENT && errmsg && *errmsg) {
+			char *m = xasprintf("%s (install qemu-system-x86)", *errmsg);
+			free(*errmsg);
+			*errmsg = m;
+		}
 		qemu_destroy(vm);
 		return rc;
 	}
-	vm->is_child = true;
 	vm->accel = accel;
-	vm->pidfd = pidfd_open_(vm->pid);
-	if (vm->pidfd < 0) {
-		rc = bg_errno(errno);
-		errmsg_set(errmsg, "pidfd_open: %s", strerror(errno));
-		kill(-vm->pid, SIGKILL);
-		waitpid(vm->pid, NULL, 0);
-		qemu_destroy(vm);
-		return rc;
-	}
 	*out = vm;
 	return 0;
 }
@@ -604,7 +526,7 @@ static int probe_kvm(const struct qemu_config *cfg, char **why)
 					 (double)limit / 1e6);
 			break;
 		}
-		struct pollfd p = {vm->pidfd, POLLIN, 0};
+		struct pollfd p = {vm->ch.pidfd, POLLIN, 0};
 		poll(&p, 1, 50);
 	}
 out:
@@ -705,7 +627,7 @@ int qemu_start(const struct qemu_config *cfg, struct qemu_vm **out, char **errms
 		return rc;
 	rc = start_argv(cfg->run_dir, argv, accel, out, errmsg);
 	if (rc == 0)
-		log_info(NULL, 0, "qemu: started %s (pid %d, %s)", cfg->name, (int)(*out)->pid,
+		log_info(NULL, 0, "qemu: started %s (pid %d, %s)", cfg->name, (int)(*out)->ch.pid,
 			 qemu_accel_name(accel));
 	qemu_argv_free(argv);
 	return rc;
@@ -721,18 +643,17 @@ int qemu_adopt(const char *run_dir, struct qemu_vm **out, char **errmsg)
 		errmsg_set(errmsg, "no qemu pidfile in '%s'", run_dir);
 		goto fail;
 	}
-	vm->pid = (pid_t)atol(s);
-	if (vm->pid <= 1) {
+	pid_t pid = (pid_t)atol(s);
+	if (pid <= 1) {
 		errmsg_set(errmsg, "bad qemu pidfile in '%s'", run_dir);
 		goto fail;
 	}
-	vm->pidfd = pidfd_open_(vm->pid);
-	if (vm->pidfd < 0) {
-		errmsg_set(errmsg, "qemu (pid %d) of '%s' is not running", (int)vm->pid, run_dir);
+	if (child_adopt(&vm->ch, pid) < 0) {
+		errmsg_set(errmsg, "qemu (pid %d) of '%s' is not running", (int)vm->ch.pid, run_dir);
 		goto fail;
 	}
 	/* The pidfd pins the process; now check it is ours. */
-	char *proc = xasprintf("/proc/%d/cmdline", (int)vm->pid);
+	char *proc = xasprintf("/proc/%d/cmdline", (int)vm->ch.pid);
 	int r = read_file(proc, 1 << 20, &cmd, &n);
 	free(proc);
 	bool ours = false;
@@ -743,7 +664,7 @@ int qemu_adopt(const char *run_dir, struct qemu_vm **out, char **errmsg)
 		ours = strstr(cmd, vm->agent_sock) != NULL;
 	}
 	if (!ours) {
-		errmsg_set(errmsg, "pid %d is not the qemu of '%s' (pid reused)", (int)vm->pid, run_dir);
+		errmsg_set(errmsg, "pid %d is not the qemu of '%s' (pid reused)", (int)vm->ch.pid, run_dir);
 		goto fail;
 	}
 	vm->accel = cmd && strstr(cmd, "-accel kvm") ? QEMU_ACCEL_KVM : QEMU_ACCEL_TCG;
@@ -763,10 +684,10 @@ int qemu_wait_agent(struct qemu_vm *vm, int64_t timeout_us, struct agent_conn **
 {
 	char *err = NULL;
 	int64_t t0 = mono_us();
-	int rc = agent_connect(vm->agent_sock, timeout_us, vm->pidfd, out, &err);
+	int rc = agent_connect(vm->agent_sock, timeout_us, vm->ch.pidfd, out, &err);
 	if (rc == 0) {
 		log_info(NULL, 0, "qemu: agent of pid %d answered after %.2f s (guest uptime %lld ms)",
-			 (int)vm->pid, (double)(mono_us() - t0) / 1e6,
+			 (int)vm->ch.pid, (double)(mono_us() - t0) / 1e6,
 			 (long long)agent_info(*out)->uptime_ms);
 		return 0;
 	}
@@ -778,10 +699,7 @@ int qemu_wait_agent(struct qemu_vm *vm, int64_t timeout_us, struct agent_conn **
 	if (!qemu_running(vm)) {
 		char *ql = tail_lines(vm->qemu_log, 3);
 		char status[64] = "";
-		if (vm->is_child && vm->exited && WIFEXITED(vm->status))
-			snprintf(status, sizeof(status), " with status %d", WEXITSTATUS(vm->status));
-		else if (vm->is_child && vm->exited && WIFSIGNALED(vm->status))
-			snprintf(status, sizeof(status), " on signal %d", WTERMSIG(vm->status));
+		child_exit_how(&vm->ch, status, sizeof(status));
 		errmsg_set(errmsg, "qemu exited%s before the guest's agent answered; qemu said: %s; "
 				"console: %s",
 			status, ql[0] ? ql : "(nothing)", con[0] ? con : "(nothing)");
@@ -958,7 +876,7 @@ int qemu_stop(struct qemu_vm *vm, struct agent_conn *conn, int64_t grace_us, boo
 		char *err = NULL;
 		int64_t ack = grace_us < 5000000 ? grace_us : 5000000;
 		if (agent_poweroff(conn, ack, &err) < 0)
-			log_warn(NULL, 0, "qemu: pid %d: %s", (int)vm->pid, err ? err : "power-off failed");
+			log_warn(NULL, 0, "qemu: pid %d: %s", (int)vm->ch.pid, err ? err : "power-off failed");
 		free(err);
 		if (qemu_wait_exit(vm, grace_us) == 0) {
 			if (graceful)
@@ -966,7 +884,7 @@ int qemu_stop(struct qemu_vm *vm, struct agent_conn *conn, int64_t grace_us, boo
 			return 0;
 		}
 		log_warn(NULL, 0, "qemu: pid %d did not power off within %.0f s; quitting it",
-			 (int)vm->pid, (double)grace_us / 1e6);
+			 (int)vm->ch.pid, (double)grace_us / 1e6);
 	}
 	char *err = NULL;
 	if (qemu_qmp(vm, "quit", 2000000, NULL, &err) == 0 && qemu_wait_exit(vm, 2000000) == 0) {
@@ -976,6 +894,6 @@ int qemu_stop(struct qemu_vm *vm, struct agent_conn *conn, int64_t grace_us, boo
 	free(err);
 	int rc = qemu_kill(vm);
 	if (rc < 0)
-		errmsg_set(errmsg, "qemu (pid %d) survived SIGKILL for 10 s", (int)vm->pid);
+		errmsg_set(errmsg, "qemu (pid %d) survived SIGKILL for 10 s", (int)vm->ch.pid);
 	return rc;
 }
