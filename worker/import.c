@@ -28,6 +28,7 @@
 #include "agent_proto.h"
 #include "err.h"
 #include "import.h"
+#include "linkmap.h"
 #include "util.h"
 
 #define MAX_DEPTH 512
@@ -37,12 +38,6 @@ struct level {
 	char **names;
 	size_t n, i;
 	size_t plen; /* length of this directory's path (0: the root) */
-};
-
-struct hl {
-	dev_t dev;
-	ino_t ino;
-	char *path; /* NULL: free slot */
 };
 
 struct src {
@@ -62,8 +57,7 @@ struct src {
 	bool single, single_sent;
 	struct stat sst;
 	const char *single_name;
-	struct hl *hls;
-	size_t hlcap, hlcount;
+	struct linkmap links; /* files with st_nlink > 1 met so far */
 };
 
 static void skip(struct src *m, enum workspace_skip kind, const char *path, const char *fmt, ...)
@@ -81,48 +75,6 @@ static void skip(struct src *m, enum workspace_skip kind, const char *path, cons
 	va_end(ap);
 	m->o->warn(m->o->arg, kind, path, s.buf);
 	sb_release(&s);
-}
-
-static bool excluded(const struct src *m, const char *path, bool is_dir)
-{
-	for (const char *const *p = m->o->exclude; p && *p; p++)
-		if (workspace_exclude_match(*p, path, is_dir))
-			return true;
-	return false;
-}
-
-static size_t hl_slot(const struct src *m, dev_t dev, ino_t ino)
-{
-	uint64_t h = ((uint64_t)dev * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)ino * 0xC2B2AE3D27D4EB4FULL);
-	return (size_t)(h ^ (h >> 29)) & (m->hlcap - 1);
-}
-
-/* The first path sent for (dev, ino), or NULL after recording path for it. */
-static const char *hl_find_or_add(struct src *m, dev_t dev, ino_t ino, const char *path)
-{
-	if ((m->hlcount + 1) * 2 > m->hlcap) {
-		size_t ncap = m->hlcap ? m->hlcap * 2 : 256;
-		struct hl *old = m->hls;
-		size_t ocap = m->hlcap;
-		m->hls = xcalloc(ncap, sizeof(*m->hls));
-		m->hlcap = ncap;
-		for (size_t i = 0; i < ocap; i++) {
-			if (!old[i].path)
-				continue;
-			size_t k = hl_slot(m, old[i].dev, old[i].ino);
-			while (m->hls[k].path)
-				k = (k + 1) & (ncap - 1);
-			m->hls[k] = old[i];
-		}
-		free(old);
-	}
-	size_t k = hl_slot(m, dev, ino);
-	for (; m->hls[k].path; k = (k + 1) & (m->hlcap - 1))
-		if (m->hls[k].dev == dev && m->hls[k].ino == ino)
-			return m->hls[k].path;
-	m->hls[k] = (struct hl){dev, ino, xstrdup(path)};
-	m->hlcount++;
-	return NULL;
 }
 
 static int cmp_name(const void *x, const void *y)
@@ -245,7 +197,7 @@ static int src_next(void *arg, struct ap_entry *e, char **errmsg)
 			continue;
 		}
 		bool is_dir = S_ISDIR(st.st_mode);
-		if (excluded(m, path, is_dir)) {
+		if (workspace_excluded(m->o->exclude, path, is_dir)) {
 			m->r->excluded++;
 			continue;
 		}
@@ -321,7 +273,7 @@ static int src_next(void *arg, struct ap_entry *e, char **errmsg)
 			continue;
 		}
 		if (fst.st_nlink > 1) {
-			const char *first = hl_find_or_add(m, fst.st_dev, fst.st_ino, path);
+			const char *first = linkmap_find_or_add(&m->links, fst.st_dev, fst.st_ino, path);
 			if (first) {
 				close(fd);
 				fill(e, m->path, AP_E_HARDLINK, m, &fst);
@@ -481,9 +433,7 @@ out:
 	while (m.depth > 0)
 		pop(&m);
 	free(m.lv);
-	for (size_t i = 0; i < m.hlcap; i++)
-		free(m.hls[i].path);
-	free(m.hls);
+	linkmap_release(&m.links);
 	free(base);
 	if (rc < 0 && errmsg && !*errmsg)
 		errmsg_set(errmsg, "%s", bg_strerror(rc));

@@ -46,6 +46,7 @@
 #include "ext4w.h"
 #include "rootfs.h"
 #include "rootfs_tree.h"
+#include "linkmap.h"
 #include "util.h"
 #include "workspace.h"
 
@@ -135,12 +136,6 @@ bool workspace_exclude_match(const char *pattern, const char *path, bool is_dir)
 
 /* ---- the build ---- */
 
-struct hl {          /* a file with st_nlink > 1 seen in pass 1 */
-	dev_t dev;
-	ino_t ino;
-	char *path;  /* NULL: free slot */
-};
-
 struct ws {
 	const struct workspace_opts *o;
 	const char *src;
@@ -149,8 +144,7 @@ struct ws {
 	int rc;
 	uid_t owner;
 	dev_t dev;
-	struct hl *hls;
-	size_t hlcap, hlcount;
+	struct linkmap links; /* files with st_nlink > 1 met so far */
 	uint64_t skipped, excluded;
 	/* pass 2 */
 	struct ext4w *w;
@@ -198,48 +192,12 @@ static void skip(struct ws *b, enum workspace_skip kind, const char *path, const
 	sb_release(&s);
 }
 
-static bool excluded(struct ws *b, const char *path, bool is_dir)
+bool workspace_excluded(const char *const *patterns, const char *path, bool is_dir)
 {
-	if (!b->o->exclude)
-		return false;
-	for (const char *const *p = b->o->exclude; *p; p++)
+	for (const char *const *p = patterns; p && *p; p++)
 		if (workspace_exclude_match(*p, path, is_dir))
 			return true;
 	return false;
-}
-
-static size_t hl_slot(const struct ws *b, dev_t dev, ino_t ino)
-{
-	uint64_t h = ((uint64_t)dev * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)ino * 0xC2B2AE3D27D4EB4FULL);
-	return (size_t)(h ^ (h >> 29)) & (b->hlcap - 1);
-}
-
-/* The first path seen for (dev, ino), or NULL after recording path for it. */
-static const char *hl_find_or_add(struct ws *b, dev_t dev, ino_t ino, const char *path)
-{
-	if ((b->hlcount + 1) * 2 > b->hlcap) {
-		size_t ncap = b->hlcap ? b->hlcap * 2 : 256;
-		struct hl *old = b->hls;
-		size_t ocap = b->hlcap;
-		b->hls = xcalloc(ncap, sizeof(*b->hls));
-		b->hlcap = ncap;
-		for (size_t i = 0; i < ocap; i++) {
-			if (!old[i].path)
-				continue;
-			size_t k = hl_slot(b, old[i].dev, old[i].ino);
-			while (b->hls[k].path)
-				k = (k + 1) & (ncap - 1);
-			b->hls[k] = old[i];
-		}
-		free(old);
-	}
-	size_t k = hl_slot(b, dev, ino);
-	for (; b->hls[k].path; k = (k + 1) & (b->hlcap - 1))
-		if (b->hls[k].dev == dev && b->hls[k].ino == ino)
-			return b->hls[k].path;
-	b->hls[k] = (struct hl){dev, ino, xstrdup(path)};
-	b->hlcount++;
-	return NULL;
 }
 
 static struct rt_inode *inode_from(const struct ws *b, const struct stat *st, uint32_t type)
@@ -325,7 +283,7 @@ static int scan_entry(struct ws *b, int dfd, const char *name, const char *path,
 		return 0;
 	}
 	bool is_dir = S_ISDIR(st.st_mode);
-	if (excluded(b, path, is_dir)) {
+	if (workspace_excluded(b->o->exclude, path, is_dir)) {
 		b->excluded++;
 		return 0;
 	}
@@ -401,7 +359,7 @@ static int scan_entry(struct ws *b, int dfd, const char *name, const char *path,
 	}
 	close(fd);
 	if (st.st_nlink > 1) {
-		const char *first = hl_find_or_add(b, st.st_dev, st.st_ino, path);
+		const char *first = linkmap_find_or_add(&b->links, st.st_dev, st.st_ino, path);
 		if (first) {
 			char *why = NULL;
 			int rc = rtree_link(&b->tree, path, first, 0, &why);
@@ -841,9 +799,7 @@ out:
 	if (rc < 0 && created)
 		unlink(out_path);
 	rtree_release(&b.tree);
-	for (size_t i = 0; i < b.hlcap; i++)
-		free(b.hls[i].path);
-	free(b.hls);
+	linkmap_release(&b.links);
 	free(b.buf);
 	if (rc < 0 && errmsg)
 		*errmsg = b.err ? b.err : xstrdup(bg_strerror(rc));

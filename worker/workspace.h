@@ -157,5 +157,7 @@ int workspace_exclude_check(const char *pattern, const char **why);
  * An excluded directory takes its whole subtree with it.
  */
 bool workspace_exclude_match(const char *pattern, const char *path, bool is_dir);
+/* Whether any of patterns (NULL-terminated; NULL: none) excludes path. */
+bool workspace_excluded(const char *const *patterns, const char *path, bool is_dir);
 
 #endif
