@@ -822,13 +822,19 @@ int agent_run(struct agent_conn *c, const struct agent_exec_req *req, const void
 /* ---- workspaces: MOUNT and EXPORT ---- */
 
 /* Register a request id, like agent_exec_start, and send frame (built by
- * the caller with id 0 in its header, which is patched here). */
-static int request_start(struct agent_conn *c, struct ap_buf *b, struct agent_exec **out,
-			 char **errmsg)
+ * the caller with id 0 in its header, which is patched here, and ended
+ * here: too_long is the message when it does not fit a frame). */
+static int request_start(struct agent_conn *c, struct ap_buf *b, const char *too_long,
+			 struct agent_exec **out, char **errmsg)
 {
+	int rc = ap_end(b);
+	if (rc < 0) {
+		errmsg_set(errmsg, "%s", too_long);
+		return rc;
+	}
 	pthread_mutex_lock(&c->mu);
 	if (c->err) {
-		int rc = c->err;
+		rc = c->err;
 		errmsg_set(errmsg, "%s", c->errmsg);
 		pthread_mutex_unlock(&c->mu);
 		return rc;
@@ -849,7 +855,7 @@ static int request_start(struct agent_conn *c, struct ap_buf *b, struct agent_ex
 	b->data[5] = (unsigned char)(e->id >> 16);
 	b->data[6] = (unsigned char)(e->id >> 8);
 	b->data[7] = (unsigned char)e->id;
-	int rc = conn_write(c, b->data, b->len);
+	rc = conn_write(c, b->data, b->len);
 	if (rc < 0) {
 		errmsg_set(errmsg, "cannot send the request to the agent");
 		agent_exec_destroy(e);
@@ -940,11 +946,7 @@ int agent_mount(struct agent_conn *c, const char *dev, const char *path, const c
 	if (readonly)
 		ap_put_int(&b, AP_F_RO, 1);
 	struct agent_exec *e = NULL;
-	int rc = ap_end(&b);
-	if (rc < 0)
-		errmsg_set(errmsg, "mount: the device or path is too long");
-	else
-		rc = request_start(c, &b, &e, errmsg);
+	int rc = request_start(c, &b, "mount: the device or path is too long", &e, errmsg);
 	ap_buf_release(&b);
 	if (rc < 0)
 		return rc;
@@ -993,11 +995,7 @@ int agent_export(struct agent_conn *c, const char *guest_path, const struct agen
 	ap_begin(&b, AP_T_EXPORT, 0);
 	ap_put_str(&b, AP_F_PATH, guest_path);
 	struct agent_exec *e = NULL;
-	int rc = ap_end(&b);
-	if (rc < 0)
-		errmsg_set(errmsg, "export: the guest path is too long");
-	else
-		rc = request_start(c, &b, &e, errmsg);
+	int rc = request_start(c, &b, "export: the guest path is too long", &e, errmsg);
 	ap_buf_release(&b);
 	if (rc < 0)
 		return rc;
@@ -1178,11 +1176,7 @@ int agent_import(struct agent_conn *c, const char *guest_dest, const struct agen
 	ap_put_str(&b, AP_F_PATH, guest_dest);
 	ap_put_int(&b, AP_F_TYPE, ops->single_file ? AP_E_REG : AP_E_DIR);
 	struct agent_exec *e = NULL;
-	int rc = ap_end(&b);
-	if (rc < 0)
-		errmsg_set(errmsg, "import: the guest path is too long");
-	else
-		rc = request_start(c, &b, &e, errmsg);
+	int rc = request_start(c, &b, "import: the guest path is too long", &e, errmsg);
 	if (rc < 0) {
 		ap_buf_release(&b);
 		return rc;
