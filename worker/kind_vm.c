@@ -803,30 +803,15 @@ static int ws_parse(struct step_ctx *ctx, struct ws_spec *w, bool *present)
 	}
 	int rc = 0;
 	char *from = obj_str(mpk_get(m, "from"));
-	const msgpack_object *to = mpk_get(m, "to"), *ex = mpk_get(m, "exclude");
-	const char *dir = NULL;
-	size_t dlen = 0;
-	mpk_get_str(ctx->params, SPEC_DIR_FIELD, &dir, &dlen);
+	const msgpack_object *to = mpk_get(m, "to");
 	if (!from || !*from) {
 		rc = step_fail(ctx, BG_ERR_INVAL, true,
 			       "'workspace' needs 'from': the host directory to bring in (relative "
 			       "to the spec's directory)");
 		goto fail;
 	}
-	if (from[0] == '/') {
-		w->from = from;
-	} else if (dir) {
-		w->from = xasprintf("%.*s/%s", (int)dlen, dir, from);
-		free(from);
-	} else {
-		rc = step_fail(ctx, BG_ERR_INVAL, true,
-			       "'workspace: from: %.200s' is relative, and this submission names no "
-			       "directory to resolve it against (submit a spec file, or give an "
-			       "absolute path)",
-			       from);
+	if ((rc = step_host_path(ctx, "workspace: from", from, &w->from)))
 		goto fail;
-	}
-	from = NULL;
 	w->to = to && to->type != MSGPACK_OBJECT_NIL ? obj_str(to) : xstrdup(WS_DEFAULT_TO);
 	const char *bad = w->to ? ws_to_bad(w->to) : "it is not a string";
 	if (bad) {
@@ -834,31 +819,9 @@ static int ws_parse(struct step_ctx *ctx, struct ws_spec *w, bool *present)
 			       w->to ? w->to : "?", bad);
 		goto fail;
 	}
-	size_t n = !ex || ex->type == MSGPACK_OBJECT_NIL ? 0
-		   : ex->type == MSGPACK_OBJECT_ARRAY ? ex->via.array.size : 1;
-	if (n > WORKSPACE_MAX_EXCLUDES) {
-		rc = step_fail(ctx, BG_ERR_INVAL, true,
-			       "'workspace: exclude' has %zu patterns; at most %d", n,
-			       WORKSPACE_MAX_EXCLUDES);
+	if ((rc = step_excludes(ctx, "workspace: exclude", mpk_get(m, "exclude"), &w->exclude)))
 		goto fail;
-	}
-	w->exclude = xcalloc(n + 1, sizeof(*w->exclude));
-	for (size_t i = 0; i < n; i++) {
-		const msgpack_object *e = ex->type == MSGPACK_OBJECT_ARRAY ? &ex->via.array.ptr[i] : ex;
-		const char *why = NULL;
-		w->exclude[i] = obj_str(e);
-		if (!w->exclude[i]) {
-			rc = step_fail(ctx, BG_ERR_INVAL, true,
-				       "'workspace: exclude' entries must be patterns (strings)");
-			goto fail;
-		}
-		if (workspace_exclude_check(w->exclude[i], &why)) {
-			rc = step_fail(ctx, BG_ERR_INVAL, true,
-				       "'workspace: exclude' pattern '%.200s' is refused: %s",
-				       w->exclude[i], why);
-			goto fail;
-		}
-	}
+	free(from);
 	*present = true;
 	return 0;
 fail:

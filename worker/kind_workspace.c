@@ -257,6 +257,60 @@ const struct kind kind_workspace_export = {
 	.wants_dir = true,
 };
 
+/* ---- fields that name host paths and exclude patterns (vm.h) --------------------------- */
+
+int step_host_path(struct step_ctx *ctx, const char *field, const char *path, char **out)
+{
+	const char *dir = NULL;
+	size_t dlen = 0;
+	*out = NULL;
+	if (path[0] == '/') {
+		*out = xstrdup(path);
+		return 0;
+	}
+	if (mpk_get_str(ctx->params, SPEC_DIR_FIELD, &dir, &dlen) != 0)
+		return step_fail(ctx, BG_ERR_INVAL, true,
+				 "'%s: %.200s' is relative, and this submission names no directory "
+				 "to resolve it against (submit a spec file, or give an absolute "
+				 "path)",
+				 field, path);
+	*out = xasprintf("%.*s/%s", (int)dlen, dir, path);
+	return 0;
+}
+
+int step_excludes(struct step_ctx *ctx, const char *field, const msgpack_object *ex,
+		  char ***out)
+{
+	size_t n = !ex || ex->type == MSGPACK_OBJECT_NIL ? 0
+		   : ex->type == MSGPACK_OBJECT_ARRAY ? ex->via.array.size : 1;
+	*out = NULL;
+	if (n > WORKSPACE_MAX_EXCLUDES)
+		return step_fail(ctx, BG_ERR_INVAL, true, "'%s' has %zu patterns; at most %d", field,
+				 n, WORKSPACE_MAX_EXCLUDES);
+	char **v = xcalloc(n + 1, sizeof(*v));
+	for (size_t i = 0; i < n; i++) {
+		const msgpack_object *e = ex->type == MSGPACK_OBJECT_ARRAY ? &ex->via.array.ptr[i] : ex;
+		const char *why = NULL;
+		int rc = 0;
+		if (e->type == MSGPACK_OBJECT_STR)
+			v[i] = xstrndup(e->via.str.ptr, e->via.str.size);
+		if (!v[i])
+			rc = step_fail(ctx, BG_ERR_INVAL, true,
+				       "'%s' entries must be patterns (strings)", field);
+		else if (workspace_exclude_check(v[i], &why))
+			rc = step_fail(ctx, BG_ERR_INVAL, true, "'%s' pattern '%.200s' is refused: %s",
+				       field, v[i], why);
+		if (rc) {
+			for (size_t j = 0; j <= i; j++)
+				free(v[j]);
+			free(v);
+			return rc;
+		}
+	}
+	*out = v;
+	return 0;
+}
+
 /* ---- workspace.import ---------------------------------------------------------------- */
 
 struct import_params {
@@ -279,35 +333,16 @@ static int import_params(struct step_ctx *ctx, struct import_params *p)
 {
 	memset(p, 0, sizeof(*p));
 	char *from = mpk_dup_str(ctx->params, "from");
-	const char *dir = NULL;
-	size_t dlen = 0;
-	mpk_get_str(ctx->params, SPEC_DIR_FIELD, &dir, &dlen);
 	p->to = mpk_dup_str(ctx->params, "to");
 	int rc = 0;
 	if (!from || !*from)
 		rc = step_fail(ctx, BG_ERR_INVAL, true, "'from' must name a host directory or file");
-	else if (from[0] != '/' && !dir)
-		rc = step_fail(ctx, BG_ERR_INVAL, true,
-			       "'from: %.200s' is relative, and this submission names no directory to "
-			       "resolve it against", from);
 	else if (!p->to || p->to[0] != '/')
 		rc = step_fail(ctx, BG_ERR_INVAL, true,
 			       "'to' must be an absolute path in the guest, got '%.200s'",
 			       p->to ? p->to : "");
-	if (!rc)
-		p->from = from[0] == '/' ? xstrdup(from) : xasprintf("%.*s/%s", (int)dlen, dir, from);
-	const msgpack_object *ex = mpk_get(ctx->params, "exclude");
-	size_t n = ex && ex->type == MSGPACK_OBJECT_ARRAY ? ex->via.array.size : 0;
-	p->exclude = xcalloc(n + 1, sizeof(*p->exclude));
-	for (size_t i = 0; i < n && !rc; i++) {
-		const msgpack_object *e = &ex->via.array.ptr[i];
-		const char *why = NULL;
-		p->exclude[i] = e->type == MSGPACK_OBJECT_STR ? xstrndup(e->via.str.ptr, e->via.str.size)
-							      : xstrdup("");
-		if (workspace_exclude_check(p->exclude[i], &why))
-			rc = step_fail(ctx, BG_ERR_INVAL, true, "exclude pattern '%.200s' is refused: %s",
-				       p->exclude[i], why);
-	}
+	else if (!(rc = step_host_path(ctx, "from", from, &p->from)))
+		rc = step_excludes(ctx, "exclude", mpk_get(ctx->params, "exclude"), &p->exclude);
 	free(from);
 	if (rc)
 		import_params_release(p);

@@ -11,6 +11,7 @@
 #ifndef BANGER_VM_H
 #define BANGER_VM_H
 
+#include <msgpack.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -95,6 +96,19 @@ int vm_use_open(struct step_ctx *ctx, struct vm_use *u);
 int vm_use_broke(struct step_ctx *ctx, struct vm_use *u, int rc, const char *what,
 		 const char *err);
 void vm_use_close(struct vm_use *u);
+
+/*
+ * Fields of the VM and workspace kinds (kind_workspace.c), each a permanent
+ * step failure naming `field` when it is wrong:
+ *   step_host_path  an absolute host path, or one relative to the spec's
+ *                   directory (SPEC_DIR_FIELD), into *out (allocated);
+ *   step_excludes   exclude patterns (one string, or a list; nil: none),
+ *                   checked, into *out (NULL-terminated; the caller frees
+ *                   each and the vector).
+ */
+int step_host_path(struct step_ctx *ctx, const char *field, const char *path, char **out);
+int step_excludes(struct step_ctx *ctx, const char *field, const msgpack_object *ex,
+		  char ***out);
 
 /* What vms_init read from the configuration for workspace.export. */
 int64_t vms_max_export_bytes(void);
